@@ -1,0 +1,52 @@
+# rmp: `make setup` once, then `make demo` (the main job on bundled data) or `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RMP    := $(BIN)/rmp
+ARCH   := $(shell uname -m)
+# Pinned builds that install from the local wheel cache on the reference machines;
+# override with `make setup TORCH_PIN=` to let pip choose (setup.cfg accepts torch>=2.4).
+ifeq ($(ARCH),aarch64)
+TORCH_PIN ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+endif
+FMNIST_PKG := /usr/share/datasets/fashion-mnist
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-fast lint format bench fmnist-data clean
+
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## Create .venv and install rmp (editable) with its dev extras
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PIN)
+	touch $@
+
+demo: setup ## The main job: default sweep on digits (train, convert, hard vs soft, T=1..512, plot)
+	$(RMP) sweep
+
+test: setup ## The whole test suite (what CI runs)
+	$(BIN)/pytest -q
+
+test-fast: setup ## Unit tests only (skips the slow end-to-end tests)
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup ## ruff check + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
+	@test -d $(FMNIST_PKG) || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+clean: ## Remove caches (keeps .venv and outputs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -1,0 +1,105 @@
+"""`rmp convert`: checkpoint -> balanced SNN -> accuracy at snn.timesteps, with an ANN-vs-SNN table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import click
+from omegaconf import DictConfig
+
+from rmp_cli import pipeline
+from rmp_cli.atomic import atomic_torch_save, atomic_write_text
+from rmp_cli.config import to_container
+from rmp_cli.errors import RmpError
+from rmp_cli.rundir import create_run_dir, log
+
+
+def threshold_rows(names: list[str], thresholds: list, method: str) -> list[dict]:
+    rows = []
+    for name, theta in zip(names, thresholds, strict=True):
+        values = theta.flatten().tolist()
+        rows.append({"layer": name, "method": method,
+                     "threshold": round(sum(values) / len(values), 6),
+                     "channels": len(values)})
+    return rows
+
+
+def write_thresholds_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["layer", "method", "threshold", "channels"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
+    timesteps = cfg.snn.timesteps
+    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
+        raise RmpError(f"snn.timesteps must be a positive integer, got {timesteps}")
+    prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
+    run = create_run_dir("convert", cfg, overrides)
+    try:
+        return _convert(prepared, run.path, timesteps)
+    except BaseException:
+        run.discard_if_empty_run()
+        raise
+
+
+def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
+    cfg = p.cfg
+    ann = pipeline.ann_metrics(p)
+    net = pipeline.build_snn(p)
+    tic = time.perf_counter()
+    thresholds = pipeline.balance(p, net, pipeline.calibration_images(p))
+    balance_seconds = time.perf_counter() - tic
+    rows = threshold_rows(net.neuron_names, thresholds, str(cfg.balance.method))
+    write_thresholds_csv(run_path / "thresholds.csv", rows)
+    atomic_torch_save(run_path / "snn.pt", {
+        "format": "rmp-snn-v1",
+        "thresholds": [t.cpu() for t in thresholds],
+        "neuron_names": net.neuron_names,
+        "config": to_container(cfg),
+        "ckpt": str(p.checkpoint["path"]),
+    })
+    result = pipeline.simulate_test(p, net, [timesteps], desc=f"simulate T={timesteps}")
+    snn_row = result.rows()[-1]
+    report = {
+        "ann_accuracy": ann["acc"],
+        "ann_top5": ann["top5"] if p.data.num_classes > 10 else None,
+        "snn_accuracy": snn_row["accuracy"],
+        "snn_top5": snn_row.get("top5"),
+        "timesteps": timesteps,
+        "reset": str(cfg.snn.reset),
+        "balance": str(cfg.balance.method),
+        "scale": float(cfg.balance.scale),
+        "v_init": float(cfg.snn.v_init),
+        "encoding": str(cfg.snn.encoding),
+        "spikes_per_image": snn_row["spikes_per_image"],
+        "synops_per_image": snn_row["synops_per_image"],
+        "num_images": result.num_images,
+        "balance_seconds": round(balance_seconds, 3),
+        "simulate_seconds": round(result.seconds, 3),
+        "ckpt": str(p.checkpoint["path"]),
+    }
+    atomic_write_text(run_path / "convert.json", json.dumps(report, indent=2) + "\n")
+    log.info("converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
+             cfg.model.name, len(net.neuron_names), cfg.balance.method, balance_seconds, result.seconds)
+    click.echo(format_table(report))
+    return run_path
+
+
+def format_table(r: dict) -> str:
+    gap = (r["ann_accuracy"] - r["snn_accuracy"]) * 100
+    lines = [
+        f"{'':<28}{'accuracy':>10}",
+        f"{'ANN':<28}{r['ann_accuracy'] * 100:>9.2f}%",
+        f"{'SNN ' + r['reset'] + ' reset, T=' + str(r['timesteps']):<28}{r['snn_accuracy'] * 100:>9.2f}%",
+        f"{'loss vs ANN':<28}{gap:>9.2f} pt",
+        f"balance={r['balance']} scale={r['scale']} v_init={r['v_init']} encoding={r['encoding']}",
+        f"spikes/image {r['spikes_per_image']:.4g}  synops/image {r['synops_per_image']:.4g}",
+    ]
+    return "\n".join(lines)

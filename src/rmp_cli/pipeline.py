@@ -1,0 +1,149 @@
+"""The steps shared by `rmp convert` and `rmp sweep`: checkpoint -> SNN -> thresholds -> simulation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from rmp_cli.checkpoint import check_same_model, load_checkpoint, load_model
+from rmp_cli.convert import balance_thresholds, to_spiking
+from rmp_cli.data import DataBundle, build_data, make_loader
+from rmp_cli.errors import RmpError
+from rmp_cli.runtime import progress, resolve_device
+from rmp_cli.snn import SimResult, SpikingNet, simulate
+from rmp_cli.train import evaluate
+
+RESETS = ("hard", "soft")
+ENCODINGS = ("direct", "poisson")
+READOUTS = ("potential", "spikes")
+
+
+@dataclass
+class Prepared:
+    cfg: DictConfig
+    data: DataBundle
+    ann: nn.Module
+    device: torch.device
+    checkpoint: dict[str, Any]
+
+
+def adopt_checkpoint_config(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The checkpoint decides model and dataset; the user's dataset.* overrides (root, subset,
+    batch sizes) still apply on top."""
+    cfg.model = ckpt_cfg.model
+    dataset = OmegaConf.merge(ckpt_cfg.dataset, {})
+    user = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("dataset.")]
+    if user:
+        dataset = OmegaConf.merge(dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in user]))
+    cfg.dataset = dataset
+
+
+def validate_snn_config(cfg: DictConfig) -> None:
+    snn = cfg.snn
+    if snn.reset not in RESETS:
+        raise RmpError(f"unknown snn.reset '{snn.reset}'; choose one of: {', '.join(RESETS)}")
+    if snn.encoding not in ENCODINGS:
+        raise RmpError(f"unknown snn.encoding '{snn.encoding}'; choose one of: {', '.join(ENCODINGS)}")
+    if snn.readout not in READOUTS:
+        raise RmpError(f"unknown snn.readout '{snn.readout}'; choose one of: {', '.join(READOUTS)}")
+    if not 0.0 <= float(snn.v_init) < 1.0:
+        raise RmpError(f"snn.v_init is a fraction of the threshold in [0, 1), got {snn.v_init}")
+    if not isinstance(snn.batch_size, int) or snn.batch_size < 1:
+        raise RmpError(f"snn.batch_size must be a positive integer, got {snn.batch_size}")
+    if snn.chunk != "auto" and (not isinstance(snn.chunk, int) or snn.chunk < 1):
+        raise RmpError(f"snn.chunk must be a positive integer or auto, got {snn.chunk}")
+    b = cfg.balance
+    if float(b.scale) <= 0:
+        raise RmpError(f"balance.scale must be positive, got {b.scale}")
+    if b.method == "percentile" and not 0.0 < float(b.percentile) <= 100.0:
+        raise RmpError(f"balance.percentile must be in (0, 100], got {b.percentile}")
+    if not isinstance(b.num_images, int) or b.num_images < 1:
+        raise RmpError(f"balance.num_images must be a positive integer, got {b.num_images}")
+
+
+def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = None) -> Prepared:
+    """Load the checkpoint (validated), adopt its model/dataset config, build data and the ANN."""
+    validate_snn_config(cfg)
+    ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
+    check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
+    adopt_checkpoint_config(cfg, ckpt["config"], overrides)
+    device = resolve_device(cfg.device)
+    ann = load_model(ckpt).to(device)
+    data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
+    if data.num_classes != int(ckpt["num_classes"]):
+        raise RmpError(f"checkpoint has {ckpt['num_classes']} classes but dataset "
+                       f"{cfg.dataset.name} has {data.num_classes}")
+    return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt)
+
+
+def ann_metrics(p: Prepared) -> dict[str, float]:
+    loader = make_loader(p.data.test, int(p.cfg.snn.batch_size), shuffle=False, seed=0)
+    return evaluate(p.ann, loader, p.device)
+
+
+def chunk_size(cfg: DictConfig, device: torch.device) -> int:
+    if cfg.snn.chunk == "auto":
+        return 64 if device.type == "cuda" else 16
+    return int(cfg.snn.chunk)
+
+
+def calibration_images(p: Prepared) -> torch.Tensor:
+    n = int(p.cfg.balance.num_images)
+    if n > len(p.data.calib):
+        raise RmpError(f"balance.num_images={n} exceeds the calibration subset ({len(p.data.calib)} "
+                       f"images); raise dataset.calib_size or lower balance.num_images")
+    loader = make_loader(p.data.calib, int(p.cfg.snn.batch_size), shuffle=False, seed=0)
+    images, seen = [], 0
+    for x, _ in loader:
+        images.append(x)
+        seen += x.shape[0]
+        if seen >= n:
+            break
+    return torch.cat(images)[:n]
+
+
+def poisson_scale(data: DataBundle) -> float:
+    """Largest |normalised pixel|: Poisson spikes carry it, so the expected input equals the pixel."""
+    return max(max((1.0 - m) / s, m / s) for m, s in zip(data.mean, data.std, strict=True))
+
+
+def build_snn(p: Prepared) -> SpikingNet:
+    snn = p.cfg.snn
+    return to_spiking(p.ann, reset=str(snn.reset), v_init=float(snn.v_init),
+                      per_channel=bool(snn.per_channel))
+
+
+def balance(p: Prepared, net: SpikingNet, calib: torch.Tensor) -> list[torch.Tensor]:
+    b = p.cfg.balance
+    return balance_thresholds(
+        net, p.ann, calib, method=str(b.method), scale=float(b.scale),
+        percentile=float(b.get("percentile", 100.0)), timesteps=int(b.get("timesteps", 0) or 0),
+        calib_reset=str(b.get("calib_reset", "soft")), per_channel=bool(p.cfg.snn.per_channel),
+        device=str(p.device), chunk=chunk_size(p.cfg, p.device),
+    )
+
+
+def simulate_test(p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, desc: str) -> SimResult:
+    snn = p.cfg.snn
+    net.reset_mode = str(snn.reset)
+    net.v_init = float(snn.v_init)
+    loader = make_loader(p.data.test, int(snn.batch_size), shuffle=False, seed=0)
+    bar = progress(range(len(loader)), desc=desc)
+    ticker = iter(bar)
+
+    def tick(*_: Any) -> None:
+        next(ticker, None)
+
+    result = simulate(
+        net, loader, list(timesteps), encoding=str(snn.encoding), poisson_scale=poisson_scale(p.data),
+        chunk=chunk_size(p.cfg, p.device), device=str(p.device), seed=int(p.cfg.seed),
+        readout=str(snn.readout), progress=tick,
+    )
+    if hasattr(bar, "close"):
+        bar.close()
+    return result

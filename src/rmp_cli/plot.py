@@ -1,0 +1,72 @@
+"""Accuracy-vs-latency figures, drawn from results tables only (never from a simulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: clusters and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from rmp_cli.errors import RmpError  # noqa: E402
+from rmp_cli.results import AXES, read_results  # noqa: E402
+
+STEM = "accuracy_vs_timesteps"
+
+
+def _label(row: pd.Series, varying: list[str], prefix: str) -> str:
+    parts = [f"{row[a]}" if a == "reset" else f"{a}={row[a]}" for a in varying] or ["snn"]
+    return (prefix + " " if prefix else "") + " ".join(parts)
+
+
+def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
+    """One line per grid point (per run), the ANN dashed; a second panel with spikes per image."""
+    fig, (ax_acc, ax_spk) = plt.subplots(1, 2, figsize=(12, 4.6))
+    all_df = pd.concat([df for _, df in runs])
+    varying = [a for a in AXES if all_df[a].nunique() > 1]
+    for name, df in runs:
+        prefix = name if len(runs) > 1 else ""
+        for _, group in df.groupby(list(AXES), sort=False):
+            group = group.sort_values("timesteps")
+            label = _label(group.iloc[0], varying, prefix)
+            (line,) = ax_acc.plot(group["timesteps"], group["accuracy"] * 100, marker="o", ms=3, label=label)
+            ax_spk.plot(group["timesteps"], group["spikes_per_image"], marker="o", ms=3,
+                        color=line.get_color(), label=label)
+        ann = float(df["ann_accuracy"].iloc[0]) * 100
+        ax_acc.axhline(ann, ls="--", color="black" if len(runs) == 1 else "gray", lw=1,
+                       label=f"{prefix + ' ' if prefix else ''}ANN {ann:.2f}%")
+    first = all_df.iloc[0]
+    for ax in (ax_acc, ax_spk):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time-steps T (log2)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_acc.set_ylabel("top-1 accuracy (%)")
+    ax_acc.set_title(f"{first['dataset']} / {first['model']}: accuracy vs latency")
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_spk.set_yscale("log")
+    ax_spk.set_ylabel("spikes per image (cumulative)")
+    ax_spk.set_title("spiking activity")
+    fig.tight_layout()
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_stem.with_name(f"{out_stem.name}.{ext}")
+        tmp = path.with_name(f".{path.name}.tmp.{ext}")
+        fig.savefig(tmp, dpi=130)
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
+    runs = []
+    for run in run_dirs:
+        if not run.is_dir():
+            raise RmpError(f"run dir not found: {run}")
+        runs.append((run.name, read_results(run / "results.csv")))
+    if out is None:
+        out = run_dirs[0] / STEM if len(run_dirs) == 1 else Path("overlay")
+    return draw(runs, out)

@@ -1,0 +1,124 @@
+"""Tidy sweep results: the results.csv schema, per-grid-point summaries and the paper's headline."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from rmp_cli.atomic import atomic_write_text
+from rmp_cli.errors import RmpError
+
+AXES = ("reset", "balance", "scale", "v_init", "encoding")
+COLUMNS = (
+    "dataset", "model", *AXES, "timesteps", "accuracy", "top5", "ann_accuracy",
+    "spikes_per_image", "synops_per_image", "seconds",
+)
+WITHIN = 0.01  # "within 1 point of the ANN"
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise RmpError(f"no results.csv in {path.parent}; is it a finished `rmp sweep` run dir?")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise RmpError(f"{path} is not a readable results table ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
+    return df
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+
+
+def point_key(row: dict | pd.Series) -> str:
+    """Stable identity of a grid point (used for resuming and for labels)."""
+    return ",".join(f"{axis}={row[axis]}" for axis in AXES)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point: best accuracy and the first T reaching it, loss vs the ANN at the largest T,
+    and the first T within 1 point of the ANN."""
+    rows = []
+    for _, group in df.groupby(list(AXES), sort=False):
+        group = group.sort_values("timesteps")
+        first = group.iloc[0]
+        best = group["accuracy"].max()
+        ann = float(first["ann_accuracy"])
+        last = group.iloc[-1]
+        within = group[group["accuracy"] >= ann - WITHIN - 1e-12]
+        rows.append({
+            **{c: first[c] for c in ("dataset", "model", *AXES)},
+            "ann_accuracy": ann,
+            "best_accuracy": best,
+            "first_t_best": int(group.loc[group["accuracy"] >= best, "timesteps"].iloc[0]),
+            "max_timesteps": int(last["timesteps"]),
+            "accuracy_at_max_t": float(last["accuracy"]),
+            "loss_at_max_t": ann - float(last["accuracy"]),
+            "first_t_within_1pt": int(within["timesteps"].iloc[0]) if len(within) else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def headline(df: pd.DataFrame) -> list[str]:
+    """The paper's claim, computed: the first T at which soft reset reaches hard reset's best
+    accuracy, against the first T at which hard reset reached it."""
+    others = [a for a in AXES if a != "reset"]
+    lines = []
+    for values, group in df.groupby(others, sort=False):
+        hard = group[group["reset"] == "hard"].sort_values("timesteps")
+        soft = group[group["reset"] == "soft"].sort_values("timesteps")
+        if hard.empty or soft.empty:
+            continue
+        where = ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=True))
+        best = hard["accuracy"].max()
+        t_hard = int(hard.loc[hard["accuracy"] >= best, "timesteps"].iloc[0])
+        reached = soft[soft["accuracy"] >= best]
+        if reached.empty:
+            lines.append(f"soft reset does not reach hard reset's best ({best:.2%} at T={t_hard}) "
+                         f"within T<={int(soft['timesteps'].max())} [{where}]")
+            continue
+        t_soft = int(reached["timesteps"].iloc[0])
+        ratio = t_hard / t_soft
+        lines.append(f"soft reset matches hard reset's best ({best:.2%} at T={t_hard}) at T={t_soft}: "
+                     f"{ratio:.3g}x fewer time-steps [{where}]")
+    return lines
+
+
+def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
+    def pct(x: float | None) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.2f}"
+
+    def t(x: float | None) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))
+
+    out = io.StringIO()
+    if len(summary):
+        first = summary.iloc[0]
+        out.write(f"# Sweep summary: {first['dataset']} / {first['model']}\n\n")
+        out.write(f"ANN accuracy: {pct(first['ann_accuracy'])}%\n\n")
+    out.write("| reset | balance | scale | v_init | encoding | best acc % | first T at best "
+              "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|\n")
+    for _, r in summary.iterrows():
+        out.write(f"| {r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} | {r['encoding']} "
+                  f"| {pct(r['best_accuracy'])} | {t(r['first_t_best'])} | {pct(r['accuracy_at_max_t'])} "
+                  f"| {r['loss_at_max_t'] * 100:.2f} | {t(r['first_t_within_1pt'])} |\n")
+    if lines:
+        out.write("\n## Soft vs hard reset\n\n")
+        for line in lines:
+            out.write(f"- {line}\n")
+    return out.getvalue()
+
+
+def write_summary(run_path: Path, df: pd.DataFrame) -> list[str]:
+    summary = summarize(df)
+    lines = headline(df)
+    write_csv(run_path / "summary.csv", summary)
+    atomic_write_text(run_path / "summary.md", summary_markdown(summary, lines))
+    return lines

@@ -1,0 +1,145 @@
+"""Run directories: one per command invocation, holding the composed config, overrides, git SHA, log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rmp_cli import __version__
+from rmp_cli.atomic import atomic_write_text
+from rmp_cli.errors import RmpError
+
+LOG_NAME = "run.log"
+log = logging.getLogger("rmp")
+
+
+@dataclass
+class RunDir:
+    path: Path
+    created: bool  # False when an existing run dir is reused (resume)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def discard_if_empty_run(self) -> None:
+        """Remove a run dir this invocation created when it failed before producing anything."""
+        if not self.created:
+            return
+        produced = [p for p in self.path.iterdir() if p.name not in {".hydra", LOG_NAME, "meta.json"}]
+        if not produced:
+            close_logging()
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def git_sha() -> str:
+    """SHA of the source checkout rmp runs from (with -dirty), or 'unknown' for installed copies."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def new_run_path(command: str, base: str | Path = "outputs") -> Path:
+    """outputs/<command>/<YYYY-mm-dd_HH-MM-SS>-<random id>: unique below one second."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return Path(base) / command / f"{stamp}-{secrets.token_hex(3)}"
+
+
+def create_run_dir(
+    command: str, cfg: DictConfig, overrides: Sequence[str], *, reuse: bool = False
+) -> RunDir:
+    """Make (or, with ``reuse``, reopen) the run dir and record how the run was made.
+
+    An explicit ``run_dir=`` that already holds another run is refused unless ``reuse`` (resume).
+    """
+    if cfg.get("run_dir"):
+        path = Path(str(cfg.run_dir))
+        existing = path.exists() and any(path.iterdir())
+        if existing and not reuse:
+            raise RmpError(f"run dir {path} already holds a run; choose another run_dir= (nothing was overwritten)")
+        path.mkdir(parents=True, exist_ok=True)
+        created = not existing
+    else:
+        while True:
+            path = new_run_path(command)
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                continue
+        created = True
+    run = RunDir(path=path, created=created)
+    cfg.run_dir = str(path)
+    hydra_dir = path / ".hydra"
+    hydra_dir.mkdir(exist_ok=True)
+    # A reopened (resumed) run keeps its original record; each resume adds its own overrides file.
+    suffix = "" if created else "." + time.strftime("%Y%m%d-%H%M%S") + "-resume"
+    if created or not (hydra_dir / "config.yaml").exists():
+        atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(hydra_dir / f"overrides{suffix}.yaml",
+                      OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    meta = {
+        "command": command,
+        "argv": sys.argv,
+        "git_sha": git_sha(),
+        "rmp_version": __version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import torch
+
+        meta["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    atomic_write_text(path / f"meta{suffix}.json", json.dumps(meta, indent=2) + "\n")
+    setup_logging(path / LOG_NAME)
+    log.info("rmp %s %s | git %s | run dir %s", command, " ".join(overrides), meta["git_sha"], path)
+    return run
+
+
+def quiet_mode(flag: bool = False) -> bool:
+    """Quiet (no progress bars) under --quiet or CI=true."""
+    return flag or os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def setup_logging(logfile: Path | None, *, verbose: bool = True) -> None:
+    close_logging()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.addHandler(console)
+    if logfile is not None:
+        handler = logging.FileHandler(logfile)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def close_logging() -> None:
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)

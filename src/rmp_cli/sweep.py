@@ -1,0 +1,301 @@
+"""`rmp sweep`: accuracy vs time-steps over a grid, one simulation per grid point, resumable."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from rmp_cli import pipeline
+from rmp_cli.atomic import atomic_write_text
+from rmp_cli.checkpoint import load_checkpoint
+from rmp_cli.config import compose_config
+from rmp_cli.errors import RmpError
+from rmp_cli.results import AXES, COLUMNS, point_key, write_csv, write_summary
+from rmp_cli.rundir import RunDir, create_run_dir, log
+
+# Override keys whose comma lists make a grid; anything else with a comma is refused.
+GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
+MANIFEST = "sweep.json"
+MAX_TIMESTEPS = 1 << 20
+_POW2_RANGE = re.compile(r"^2\^(\d+)\.\.2\^(\d+)$")
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """'32,64,128' or '2^5..2^11' (or both, comma-joined) -> sorted ints; bad values are refused."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise RmpError("no time-steps given; e.g. --timesteps 32,64,128 or --timesteps 2^5..2^11")
+    values: list[int] = []
+    for item in items:
+        if match := _POW2_RANGE.match(item):
+            lo, hi = int(match[1]), int(match[2])
+            if lo > hi or hi > 20:
+                raise RmpError(f"invalid time-step range '{item}'; need 2^a..2^b with a <= b <= 20")
+            values += [2**k for k in range(lo, hi + 1)]
+        elif re.fullmatch(r"[+-]?\d+", item):
+            values.append(int(item))
+        else:
+            raise RmpError(f"invalid time-step '{item}'; use integers (32,64,128) or a power-of-two "
+                           "range (2^5..2^11)")
+    return validate_timesteps(values)
+
+
+def validate_timesteps(values: Sequence[Any]) -> list[int]:
+    if len(values) == 0:
+        raise RmpError("no time-steps given; e.g. --timesteps 32,64,128")
+    ints = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise RmpError(f"invalid time-step {v!r}; time-steps are positive integers")
+        if v < 1:
+            raise RmpError(f"time-steps must be >= 1, got {v}")
+        if v > MAX_TIMESTEPS:
+            raise RmpError(f"time-step {v} is beyond the supported maximum {MAX_TIMESTEPS}")
+        ints.append(v)
+    duplicates = sorted({v for v in ints if ints.count(v) > 1})
+    if duplicates:
+        raise RmpError(f"duplicate time-steps {', '.join(map(str, duplicates))}; list each value once")
+    return sorted(ints)
+
+
+def _top_level_comma(value: str) -> bool:
+    depth = 0
+    for ch in value:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            return True
+    return False
+
+
+def split_grid(overrides: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate grid axes (comma lists on GRID_AXES) from ordinary overrides."""
+    base: list[str] = []
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and _top_level_comma(value):
+            if key not in GRID_AXES:
+                raise RmpError(f"'{override}': comma lists make a grid only on {', '.join(GRID_AXES)}; "
+                               f"give {key} a single value")
+            values = [v.strip() for v in value.split(",")]
+            if any(v == "" for v in values) or len(set(values)) != len(values):
+                raise RmpError(f"'{override}': empty or repeated grid values")
+            axes[key] = values
+        else:
+            base.append(override)
+    return base, axes
+
+
+def config_grid(entries: Sequence[str]) -> dict[str, list[str]]:
+    """sweep.grid entries like 'snn.reset=hard,soft' (a single value is a one-point axis)."""
+    axes = {}
+    for entry in entries:
+        key, sep, value = str(entry).partition("=")
+        if not sep or key not in GRID_AXES:
+            raise RmpError(f"sweep.grid entry '{entry}' must be AXIS=V1,V2 with AXIS in {', '.join(GRID_AXES)}")
+        axes[key] = [v.strip() for v in value.split(",")]
+    return axes
+
+
+def grid_points(base: list[str], axes: dict[str, list[str]]) -> list[list[str]]:
+    keys = list(axes)
+    return [base + [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+            for combo in itertools.product(*(axes[k] for k in keys))] or [base]
+
+
+def axis_values(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "reset": str(cfg.snn.reset),
+        "balance": str(cfg.balance.method),
+        "scale": float(cfg.balance.scale),
+        "v_init": float(cfg.snn.v_init),
+        "encoding": str(cfg.snn.encoding),
+    }
+
+
+# --- run dir, manifest and lock ------------------------------------------------------------
+
+
+def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[str, Any]:
+    base = OmegaConf.to_container(cfg, resolve=True)
+    for volatile in ("run_dir", "device", "threads"):
+        base.pop(volatile, None)  # type: ignore[union-attr]
+    return {"timesteps": timesteps, "grid": keys, "config": base}
+
+
+def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -> RunDir:
+    explicit = cfg.get("run_dir")
+    if explicit and (Path(str(explicit)) / MANIFEST).is_file():
+        old = json.loads((Path(str(explicit)) / MANIFEST).read_text())
+        if old != manifest:
+            raise RmpError(f"run dir {explicit} holds a sweep with other settings; resume it with the "
+                           "same overrides and time-steps, or choose another run_dir=")
+        run = create_run_dir("sweep", cfg, overrides, reuse=True)
+        log.info("resuming the sweep in %s", run.path)
+        return run
+    run = create_run_dir("sweep", cfg, overrides)
+    atomic_write_text(run / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return run
+
+
+class RunLock:
+    """Refuse a second live process in the same run dir (a stale lock from a killed run is taken over)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / ".lock"
+
+    def __enter__(self) -> RunLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text() or 0)
+                    os.kill(pid, 0)
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                except PermissionError:
+                    pass
+                raise RmpError(f"another rmp process (pid {pid}) is using {self.path.parent}")
+        raise RmpError(f"cannot lock {self.path.parent}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# --- the sweep ----------------------------------------------------------------------------
+
+
+def _ensure_checkpoint(cfg: DictConfig, run: RunDir) -> str:
+    """Reuse ckpt=, else train the ANN into RUN/ann (resuming a half-finished training)."""
+    if cfg.get("ckpt"):
+        return str(cfg.ckpt)
+    from rmp_cli.train import train
+
+    ann_dir = run.path / "ann"
+    if (ann_dir / "model.pt").is_file():
+        log.info("using the ANN trained earlier in this sweep: %s", ann_dir / "model.pt")
+        return str(ann_dir / "model.pt")
+    ann_dir.mkdir(exist_ok=True)
+    state = load_checkpoint(ann_dir / "last.pt", kind="last") if (ann_dir / "last.pt").is_file() else None
+    log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
+    train(cfg, RunDir(path=ann_dir, created=True), resume_state=state)
+    return str(ann_dir / "model.pt")
+
+
+def run_sweep_command(
+    overrides: list[str], *, timesteps: str | None, show_cfg: bool, quiet: bool,
+    prepare: Callable[..., DictConfig | None],
+) -> Path | None:
+    base, cli_axes = split_grid(overrides)
+    base_cfg = prepare("sweep", base, show_cfg=show_cfg, quiet=quiet)
+    if base_cfg is None:
+        return None
+    steps = parse_timesteps(timesteps) if timesteps is not None else validate_timesteps(
+        list(base_cfg.sweep.timesteps) if OmegaConf.is_list(base_cfg.sweep.timesteps)
+        else [base_cfg.sweep.timesteps])
+    # The config's grid (e.g. a preset's reset=hard,soft) unless the command line fixes that axis.
+    config_axes = config_grid(list(base_cfg.sweep.get("grid") or []))
+    fixed = {o.partition("=")[0] for o in base}
+    axes = {**{k: v for k, v in config_axes.items() if k not in fixed}, **cli_axes}
+    # Compose and validate every grid point before anything is written.
+    point_cfgs = [compose_config(p) for p in grid_points(base, axes)]
+    for point_cfg in point_cfgs:
+        point_cfg.sweep.timesteps = steps
+        pipeline.validate_snn_config(point_cfg)
+    cfg = point_cfgs[0]
+    keys = [point_key(axis_values(c)) for c in point_cfgs]
+    if len(set(keys)) != len(keys):
+        raise RmpError("the grid repeats a point; check the comma lists")
+    run = _open_run(cfg, overrides, _manifest(cfg, steps, keys))
+    try:
+        with RunLock(run.path):
+            sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
+    except BaseException:
+        run.discard_if_empty_run()
+        raise
+    return run.path
+
+
+def sweep_points(cfg: DictConfig, point_cfgs: list[DictConfig], keys: list[str], steps: list[int],
+           overrides: list[str], run: RunDir) -> None:
+    ckpt = _ensure_checkpoint(cfg, run)
+    results_path = run / "results.csv"
+    done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
+    finished = {point_key(r) for _, r in done.iterrows()}
+    prepared = pipeline.prepare(point_cfgs[0], overrides, ckpt)
+    ann_acc = _ann_accuracy(prepared, run)
+    nets: dict[bool, Any] = {}
+    thresholds_cache: dict[tuple, list] = {}
+    for index, (point_cfg, key) in enumerate(zip(point_cfgs, keys, strict=True), start=1):
+        if key in finished:
+            log.info("[%d/%d] %s: already done", index, len(keys), key)
+            continue
+        pipeline.adopt_checkpoint_config(point_cfg, prepared.checkpoint["config"], overrides)
+        point = pipeline.Prepared(cfg=point_cfg, data=prepared.data, ann=prepared.ann,
+                                  device=prepared.device, checkpoint=prepared.checkpoint)
+        per_channel = bool(point_cfg.snn.per_channel)
+        net = nets.get(per_channel) or nets.setdefault(per_channel, pipeline.build_snn(point))
+        b = point_cfg.balance
+        cache_key = (str(b.method), float(b.scale), float(b.get("percentile", 100.0)),
+                     int(b.get("timesteps", 0) or 0), str(b.get("calib_reset", "soft")),
+                     int(b.num_images), per_channel)
+        if cache_key not in thresholds_cache:
+            tic = time.perf_counter()
+            thresholds_cache[cache_key] = pipeline.balance(point, net, pipeline.calibration_images(point))
+            log.info("balanced thresholds (%s, scale %g) in %.1fs", b.method, float(b.scale),
+                     time.perf_counter() - tic)
+        net.thresholds = [t.clone() for t in thresholds_cache[cache_key]]
+        result = pipeline.simulate_test(point, net, steps, desc=f"[{index}/{len(keys)}] {key}")
+        rows = [{
+            "dataset": str(point_cfg.dataset.name), "model": str(point_cfg.model.name),
+            **axis_values(point_cfg), "timesteps": r["timesteps"], "accuracy": r["accuracy"],
+            "top5": r.get("top5"), "ann_accuracy": ann_acc, "spikes_per_image": r["spikes_per_image"],
+            "synops_per_image": r["synops_per_image"], "seconds": round(result.seconds, 3),
+        } for r in result.rows()]
+        done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True) \
+            if len(done) else pd.DataFrame(rows, columns=COLUMNS)
+        write_csv(results_path, done)  # atomic: an interrupted sweep keeps every finished point
+        best = max(rows, key=lambda r: r["accuracy"])
+        log.info("[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)", index, len(keys), key,
+                 steps[-1], rows[-1]["accuracy"] * 100, best["accuracy"] * 100, best["timesteps"],
+                 result.seconds)
+    _finish(run, done)
+
+
+def _ann_accuracy(p: pipeline.Prepared, run: RunDir) -> float:
+    path = run / "ann.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["accuracy"])
+    metrics = pipeline.ann_metrics(p)
+    atomic_write_text(path, json.dumps({"accuracy": metrics["acc"], "top5": metrics["top5"],
+                                        "loss": metrics["loss"]}, indent=2) + "\n")
+    log.info("ANN test accuracy %.2f%%", metrics["acc"] * 100)
+    return float(metrics["acc"])
+
+
+def _finish(run: RunDir, df: pd.DataFrame) -> None:
+    from rmp_cli.plot import STEM, draw
+
+    lines = write_summary(run.path, df)
+    draw([(run.path.name, df)], run.path / STEM)
+    for line in lines:
+        log.info(line)
+    print((run / "summary.md").read_text())
+
+
+__all__ = ["AXES", "GRID_AXES", "parse_timesteps", "run_sweep_command", "split_grid"]

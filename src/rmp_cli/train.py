@@ -1,0 +1,194 @@
+"""`rmp train`: SGD training of the ANN with per-epoch metrics, atomic checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from rmp_cli import distributed as dist
+from rmp_cli.atomic import atomic_write_text
+from rmp_cli.checkpoint import build_model, config_payload, save_checkpoint
+from rmp_cli.data import build_data, make_loader
+from rmp_cli.errors import RmpError
+from rmp_cli.rundir import RunDir, log
+from rmp_cli.runtime import progress, resolve_device
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    t = cfg.train
+    if not isinstance(t.epochs, int) or t.epochs < 1:
+        raise RmpError(f"train.epochs must be a positive integer, got {t.epochs}")
+    if float(t.lr) <= 0:
+        raise RmpError(f"train.lr must be positive, got {t.lr}")
+    if t.schedule not in ("cosine", "step"):
+        raise RmpError(f"unknown train.schedule '{t.schedule}'; choose one of: cosine, step")
+    if any(not 0 < float(m) < 1 for m in t.milestones):
+        raise RmpError(f"train.milestones must be fractions of the epochs in (0, 1), got {list(t.milestones)}")
+
+
+def lr_factor(progress_epochs: float, cfg: DictConfig) -> float:
+    """LR multiplier at a fractional epoch: linear warm-up, then cosine or step decay."""
+    t = cfg.train
+    if t.warmup_epochs and progress_epochs < t.warmup_epochs:
+        return (progress_epochs + 1e-3) / t.warmup_epochs
+    frac = progress_epochs / t.epochs
+    if t.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+    return float(t.gamma) ** sum(frac >= float(m) for m in t.milestones)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (fractions) of the ANN over a loader."""
+    model.eval()
+    loss_sum, top1, top5, total = 0.0, 0, 0, 0
+    for x, y in progress(loader, desc="eval"):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        best = logits.topk(k, dim=1).indices
+        top1 += (best[:, 0] == y).sum().item()
+        top5 += (best == y[:, None]).any(dim=1).sum().item()
+        total += y.numel()
+    if total == 0:
+        raise RmpError("the test split is empty")
+    return {"loss": loss_sum / total, "acc": top1 / total, "top5": top5 / total}
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = None,
+          device: torch.device | None = None) -> dict[str, Any]:
+    """Train (or continue) the ANN described by cfg; returns the final metrics row.
+
+    Under torchrun every rank calls this: DistributedSampler shards each epoch, gradients are
+    averaged by DDP, and only rank 0 writes metrics and checkpoints.
+    """
+    validate_train_config(cfg)
+    device = device or resolve_device(cfg.device)
+    world, main = dist.world_size(), dist.is_main()
+    data = build_data(cfg.dataset, seed=int(cfg.seed))
+    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    t = cfg.train
+    rows: list[dict[str, Any]] = []
+    start_epoch = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["state_dict"])
+    if world > 1:
+        if cfg.model.get("batch_norm") and device.type == "cuda":  # SyncBN needs CUDA
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=float(t.lr), momentum=float(t.momentum),
+        weight_decay=float(t.weight_decay), nesterov=bool(t.nesterov),
+    )
+    batch_size = int(cfg.dataset.batch_size) // world  # the global batch stays dataset.batch_size
+    if batch_size < 1:
+        raise RmpError(f"dataset.batch_size={cfg.dataset.batch_size} is smaller than the {world} ranks")
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        rows = list(resume_state["metrics"])
+        start_epoch = int(resume_state["epoch"]) + 1
+        log.info("resuming after epoch %d of %d", start_epoch - 1, t.epochs)
+    test_loader = make_loader(data.test, int(cfg.dataset.eval_batch_size), shuffle=False,
+                              seed=int(cfg.seed), num_workers=int(cfg.dataset.num_workers))
+    if start_epoch > int(t.epochs):
+        raise RmpError(f"nothing to resume: the checkpoint already finished all {t.epochs} epochs")
+    steps_per_epoch = None
+    for epoch in range(start_epoch, int(t.epochs) + 1):
+        # Reseeding per epoch makes a resumed run replay exactly what an uninterrupted one does.
+        torch.manual_seed(int(cfg.seed) * 1000 + epoch)
+        sampler = None
+        if world > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                data.train, num_replicas=world, rank=dist.rank(), shuffle=True, seed=int(cfg.seed))
+            sampler.set_epoch(epoch)
+        train_loader = make_loader(data.train, batch_size, shuffle=sampler is None,
+                                   seed=int(cfg.seed) * 1000 + epoch, sampler=sampler,
+                                   num_workers=int(cfg.dataset.num_workers))
+        steps_per_epoch = steps_per_epoch or len(train_loader)
+        tic = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress(train_loader, desc=f"epoch {epoch}/{t.epochs}")
+        for step, (x, y) in enumerate(bar):
+            lr = float(t.lr) * lr_factor(epoch - 1 + step / steps_per_epoch, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, bool(t.amp)):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=float(t.label_smoothing))
+            if not torch.isfinite(loss):
+                raise RmpError(f"training diverged (loss {loss.item()}) at epoch {epoch}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), float(t.grad_clip))
+            optimizer.step()
+            loss_sum += loss.item() * y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += y.numel()
+        loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, correct, seen], device)
+        plain = dist.unwrap(model)
+        if not main:  # rank 0 evaluates and writes; the others wait for the next epoch
+            dist.barrier()
+            continue
+        test = evaluate(plain, test_loader, device, amp=bool(t.amp))
+        row = {
+            "epoch": epoch,
+            "train_loss": round(loss_sum / seen, 6),
+            "train_acc": round(correct / seen, 6),
+            "test_loss": round(test["loss"], 6),
+            "test_acc": round(test["acc"], 6),
+            "lr": round(lr, 8),
+            "seconds": round(time.perf_counter() - tic, 3),
+        }
+        rows.append(row)
+        write_metrics(run / "metrics.csv", rows)
+        common = {
+            "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+            "config": config_payload(cfg),
+            "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape),
+            "test_acc": test["acc"],
+            "test_top5": test["top5"],
+            "epoch": epoch,
+        }
+        save_checkpoint(run / "last.pt", {**common, "kind": "last",
+                                          "optimizer": optimizer.state_dict(), "metrics": rows})
+        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  (%.1fs)",
+                 epoch, t.epochs, row["train_loss"], row["train_acc"], row["test_loss"],
+                 row["test_acc"], row["seconds"])
+        if epoch == int(t.epochs):
+            save_checkpoint(run / "model.pt", {**common, "kind": "model"})
+        dist.barrier()
+    return rows[-1] if rows else {}

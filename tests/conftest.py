@@ -1,0 +1,45 @@
+"""Shared fixtures: run the real `rmp` CLI in a subprocess inside a temporary working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Small, fast settings for end-to-end runs on the bundled digits data.
+FAST_TRAIN = ["train.epochs=3", "threads=1"]
+
+
+@pytest.fixture
+def rmp(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """rmp(*args) -> CompletedProcess, run with CI=true (quiet) in tmp_path."""
+
+    def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "rmp_cli", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run
+
+
+def last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Bad input: non-zero exit, one 'rmp: error:' line, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rmp: error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from rmp_cli.results import COLUMNS, headline, summarize
+
+
+def table(curves: dict[str, list[float]], ts: list[int], ann: float = 0.9) -> pd.DataFrame:
+    rows = []
+    for reset, accs in curves.items():
+        for t, acc in zip(ts, accs, strict=True):
+            rows.append({"dataset": "d", "model": "m", "reset": reset, "balance": "spike_norm",
+                         "scale": 1.0, "v_init": 0.0, "encoding": "direct", "timesteps": t,
+                         "accuracy": acc, "top5": None, "ann_accuracy": ann,
+                         "spikes_per_image": t * 10.0, "synops_per_image": t * 100.0, "seconds": 1.0})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+TS = [1, 2, 4, 8, 16, 32]
+
+
+def test_summary_per_point() -> None:
+    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS)
+    s = summarize(df).set_index("reset")
+    assert s.loc["hard", "best_accuracy"] == 0.8 and s.loc["hard", "first_t_best"] == 16
+    assert s.loc["soft", "first_t_best"] == 16
+    assert s.loc["soft", "first_t_within_1pt"] == 8  # 0.89 >= 0.9 - 0.01
+    assert pd.isna(s.loc["hard", "first_t_within_1pt"])
+    assert s.loc["hard", "loss_at_max_t"] == pytest.approx(0.1)
+
+
+def test_headline_ratio() -> None:
+    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS)
+    (line,) = headline(df)
+    assert "at T=4" in line and "T=16" in line and "4x fewer time-steps" in line
+
+
+def test_headline_when_soft_never_reaches() -> None:
+    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.85], "soft": [0.1] * 6}, TS)
+    (line,) = headline(df)
+    assert "does not reach" in line

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from rmp_cli.errors import RmpError
+from rmp_cli.sweep import grid_points, parse_timesteps, split_grid, validate_timesteps
+
+
+def test_comma_list_sorted() -> None:
+    assert parse_timesteps("64,32,128") == [32, 64, 128]
+
+
+def test_power_of_two_range() -> None:
+    assert parse_timesteps("2^5..2^11") == [32, 64, 128, 256, 512, 1024, 2048]
+    assert parse_timesteps("1,2^1..2^3") == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", ">= 1"),
+        ("-4", ">= 1"),
+        ("abc", "invalid time-step 'abc'"),
+        ("", "no time-steps"),
+        ("4,8,4", "duplicate time-steps 4"),
+        ("2^9..2^3", "invalid time-step range"),
+        ("1.5", "invalid time-step"),
+    ],
+)
+def test_bad_timesteps(text: str, message: str) -> None:
+    with pytest.raises(RmpError, match=message):
+        parse_timesteps(text)
+
+
+def test_config_list_validated() -> None:
+    assert validate_timesteps([8, 1]) == [1, 8]
+    with pytest.raises(RmpError):
+        validate_timesteps([])
+    with pytest.raises(RmpError):
+        validate_timesteps([True])
+
+
+def test_grid_split_and_product() -> None:
+    base, axes = split_grid(["snn.reset=hard,soft", "balance.scale=1.0,0.8", "train.epochs=2",
+                             "sweep.timesteps=[1,2]"])
+    assert base == ["train.epochs=2", "sweep.timesteps=[1,2]"]
+    assert axes == {"snn.reset": ["hard", "soft"], "balance.scale": ["1.0", "0.8"]}
+    points = grid_points(base, axes)
+    assert len(points) == 4
+    assert points[0][-2:] == ["snn.reset=hard", "balance.scale=1.0"]
+
+
+def test_comma_on_non_axis_refused() -> None:
+    with pytest.raises(RmpError, match="comma lists make a grid only on"):
+        split_grid(["train.epochs=1,2"])
+
+
+def test_repeated_grid_value_refused() -> None:
+    with pytest.raises(RmpError, match="repeated"):
+        split_grid(["snn.reset=soft,soft"])
