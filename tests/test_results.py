@@ -40,3 +40,12 @@ def test_headline_when_soft_never_reaches() -> None:
     df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.85], "soft": [0.1] * 6}, TS)
     (line,) = headline(df)
     assert "does not reach" in line
+
+
+def test_headline_paper_pairing() -> None:
+    hard = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8]}, TS)
+    soft = table({"soft": [0.2, 0.8, 0.8, 0.8, 0.9, 0.9]}, TS)
+    soft["balance"], soft["scale"] = "rmp", 0.8
+    lines = headline(pd.concat([hard, soft]))
+    assert len(lines) == 1  # no like-for-like pair, one paper pairing
+    assert "paper pairing" in lines[0] and "at T=2" in lines[0] and "8x fewer" in lines[0]

@@ -86,10 +86,9 @@ def ann_metrics(p: Prepared) -> dict[str, float]:
     return evaluate(p.ann, loader, p.device)
 
 
-def chunk_size(cfg: DictConfig, device: torch.device) -> int:
-    if cfg.snn.chunk == "auto":
-        return 64 if device.type == "cuda" else 16
-    return int(cfg.snn.chunk)
+def chunk_size(cfg: DictConfig) -> int | str:
+    """"auto" lets the simulator size chunks to the device and the layer sizes."""
+    return "auto" if cfg.snn.chunk == "auto" else int(cfg.snn.chunk)
 
 
 def calibration_images(p: Prepared) -> torch.Tensor:
@@ -124,7 +123,7 @@ def balance(p: Prepared, net: SpikingNet, calib: torch.Tensor) -> list[torch.Ten
         net, p.ann, calib, method=str(b.method), scale=float(b.scale),
         percentile=float(b.get("percentile", 100.0)), timesteps=int(b.get("timesteps", 0) or 0),
         calib_reset=str(b.get("calib_reset", "soft")), per_channel=bool(p.cfg.snn.per_channel),
-        device=str(p.device), chunk=chunk_size(p.cfg, p.device),
+        device=str(p.device), chunk=chunk_size(p.cfg),
     )
 
 
@@ -141,7 +140,7 @@ def simulate_test(p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, des
 
     result = simulate(
         net, loader, list(timesteps), encoding=str(snn.encoding), poisson_scale=poisson_scale(p.data),
-        chunk=chunk_size(p.cfg, p.device), device=str(p.device), seed=int(p.cfg.seed),
+        chunk=chunk_size(p.cfg), device=str(p.device), seed=int(p.cfg.seed),
         readout=str(snn.readout), progress=tick,
     )
     if hasattr(bar, "close"):

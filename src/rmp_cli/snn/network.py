@@ -1,0 +1,377 @@
+"""SpikingNet: a converted network plus what the simulator needs to run it chunk by chunk.
+
+The module is traced once with torch.fx; the trace is the dry run that gives the neurons in
+EXECUTION order (registration order can differ, e.g. a block that registers its shortcut first).
+From the graph an execution plan is split off per input kind:
+  - direct input: every node that depends only on the image (the layers before the first neuron)
+    forms the *stem*, run once per batch on [B, ...]; the *body* runs once per chunk on [Tc*B, ...].
+    A neuron fed by the stem integrates that constant current for all Tc steps without a repeat.
+  - spiking (Poisson) input: everything is in the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from rmp_cli.errors import RmpError
+from rmp_cli.snn.neurons import IFNeuron, check_reset, check_v_init
+
+SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Modules that only reshape or pass through: walked over when looking for the output layer.
+_PASS_MODULES = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+)
+
+_STATIC, _CONST, _VARYING = 0, 1, 2
+
+
+def is_activation(module: nn.Module) -> bool:
+    """An ANN activation to replace by IF neurons: nn.ReLU or a trained clipping activation."""
+    return isinstance(module, nn.ReLU) or bool(getattr(module, "is_activation", False))
+
+
+class _LeafTracer(fx.Tracer):
+    """Keeps neurons and (possibly untraceable) trained activations as single graph nodes."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, IFNeuron) or is_activation(m):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace_graph(module: nn.Module) -> fx.Graph:
+    try:
+        return _LeafTracer().trace(module)
+    except Exception as exc:  # fx raises many types; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RmpError(
+            f"cannot trace {type(module).__name__} with torch.fx ({first}); the model's "
+            f"forward must avoid data-dependent control flow"
+        ) from exc
+
+
+def node_module(module: nn.Module, node: fx.Node) -> nn.Module | None:
+    return module.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+
+class ExpandTime(nn.Module):
+    """Repeat a per-batch constant [B, ...] to a flat chunk [Tc*B, ...] (only where a constant
+    tensor meets a time-varying one outside a neuron, e.g. an input-fed shortcut)."""
+
+    chunk = 1
+
+    def configure(self, chunk: int, batch: int | None) -> None:
+        self.chunk = int(chunk)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or self.chunk == 1:
+            return x
+        return x.repeat(self.chunk, *([1] * (x.dim() - 1)))
+
+
+class StepwiseLinear(nn.Module):
+    """A time-varying nn.Linear applied one step at a time ([B, F] rows per call).
+
+    BLAS libraries choose GEMM kernels by row count (MKL on Intel rounds [4, F] and [16, F]
+    differently), so one [Tc*B, F] call would make the readout depend on the chunk size. Linear
+    layers are a small share of the work in conv nets; convolutions stay chunked."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.chunk, self.batch = 1, None
+
+    def configure(self, chunk: int, batch: int | None) -> None:
+        self.chunk, self.batch = int(chunk), batch
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.batch
+        if self.chunk == 1 or b is None or x.shape[0] != self.chunk * b:
+            return self.linear(x)
+        return torch.cat([self.linear(x[t * b : (t + 1) * b]) for t in range(self.chunk)])
+
+
+@dataclass
+class ExecutionPlan:
+    stem: fx.GraphModule | None  # image -> tuple of constant currents (direct input only)
+    body: fx.GraphModule  # one chunk: (constants or input spikes) -> output currents [Tc*B, K]
+    per_step: list[nn.Module]  # ExpandTime / StepwiseLinear modules that need (Tc, B)
+    spike_fed: list[tuple[str, nn.Module]]  # synaptic layers whose input is spikes (synops)
+
+    def run_stem(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.stem(x)) if self.stem is not None else (x,)
+
+
+class SpikingNet(nn.Module):
+    """A converted network: IF neurons in place of activations, BN folded, output layer integrates.
+
+    `thresholds` (one tensor per neuron layer, execution order), `reset_mode` and `v_init` can be
+    changed after conversion, so one conversion serves hard and soft reset and every balancing.
+    `output_threshold` is used only by the spike-count readout (max ANN logit from balancing).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        reset: str = "soft",
+        v_init: float = 0.0,
+        per_channel: bool = False,
+        output_threshold: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.per_channel = bool(per_channel)
+        self.output_threshold = output_threshold
+        self.graph = _simplify(trace_graph(module), module)
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise RmpError(
+                f"the network's forward must take one input tensor, it takes {len(placeholders)}"
+            )
+        nodes = [n for n in self.graph.nodes if isinstance(node_module(module, n), IFNeuron)]
+        names = [str(n.target) for n in nodes]
+        repeated = sorted({x for x in names if names.count(x) > 1})
+        if repeated:
+            raise RmpError(
+                f"activation '{repeated[0]}' is called {names.count(repeated[0])} times; "
+                f"give every activation its own module instance"
+            )
+        if not nodes:
+            raise RmpError("the network has no activation to convert into spiking neurons")
+        self.neuron_names: list[str] = names
+        self._neurons: list[IFNeuron] = [module.get_submodule(x) for x in names]
+        for name, neuron in zip(names, self._neurons, strict=True):
+            neuron.name = name
+        self.output_layer = _output_layer(self.graph, module)
+        self.reset_mode = reset
+        self.v_init = v_init
+
+    # --- configuration --------------------------------------------------------------------------
+    @property
+    def neurons(self) -> list[IFNeuron]:
+        return list(self._neurons)
+
+    def named_neurons(self) -> Iterator[tuple[str, IFNeuron]]:
+        return zip(self.neuron_names, self._neurons, strict=True)
+
+    @property
+    def thresholds(self) -> list[Tensor]:
+        return [n.threshold.detach().clone() for n in self._neurons]
+
+    @thresholds.setter
+    def thresholds(self, values: Sequence[Tensor | float]) -> None:
+        values = list(values)
+        if len(values) != len(self._neurons):
+            raise RmpError(
+                f"expected {len(self._neurons)} thresholds (one per neuron layer), "
+                f"got {len(values)}"
+            )
+        for neuron, theta in zip(self._neurons, values, strict=True):
+            neuron.set_threshold(theta)
+
+    @property
+    def reset_mode(self) -> str:
+        return self._reset
+
+    @reset_mode.setter
+    def reset_mode(self, reset: str) -> None:
+        self._reset = check_reset(reset)
+        for n in self._neurons:
+            n.reset_mode = reset
+
+    @property
+    def v_init(self) -> float:
+        return self._v_init
+
+    @v_init.setter
+    def v_init(self, value: float) -> None:
+        self._v_init = check_v_init(value)
+        for n in self._neurons:
+            n.v_init = self._v_init
+
+    # --- execution ------------------------------------------------------------------------------
+    def configure(self, chunk: int, batch: int | None, plan: ExecutionPlan | None = None) -> None:
+        for n in self._neurons:
+            n.configure(chunk, batch)
+        if plan is not None:
+            for m in plan.per_step:
+                m.configure(chunk, batch)
+
+    def reset_state(self) -> None:
+        for n in self._neurons:
+            n.reset_state()
+
+    def release(self) -> None:
+        for n in self._neurons:
+            n.release()
+            n.count_spikes = False
+
+    def plan(self, *, spiking_input: bool) -> ExecutionPlan:
+        """Build the stem/body split (cheap; rebuilt per run so it follows .to(device))."""
+        return _build_plan(self.graph, self.module, spiking_input=spiking_input)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One time-step on [B, ...] (state carried between calls; `reset_state()` between images)."""
+        self.configure(1, x.shape[0])
+        return self.module(x)
+
+
+def _simplify(graph: fx.Graph, module: nn.Module) -> fx.Graph:
+    """Drop pass-through nodes (Identity, Dropout in eval): fewer calls per chunk."""
+    for node in list(graph.nodes):
+        m = node_module(module, node)
+        if isinstance(m, (nn.Identity, nn.Dropout)) and len(node.args) == 1 and not node.kwargs:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    graph.lint()
+    return graph
+
+
+def _output_layer(graph: fx.Graph, module: nn.Module) -> str | None:
+    """The synaptic layer whose output is the network's output (walks back over reshapes/pools)."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    node = out.args[0]
+    while isinstance(node, fx.Node):
+        m = node_module(module, node)
+        if isinstance(m, IFNeuron):
+            raise RmpError(
+                f"the network ends with activation '{node.target}'; its last layer must "
+                f"output logits (an nn.Linear with no activation after it)"
+            )
+        if isinstance(m, SYNAPTIC_TYPES):
+            return str(node.target)
+        if isinstance(m, _PASS_MODULES) or (
+            m is None and node.op in ("call_method", "call_function") and node.args
+        ):
+            node = node.args[0]
+            continue
+        return None
+    return None
+
+
+def _node_kinds(graph: fx.Graph, module: nn.Module, spiking_input: bool) -> dict[fx.Node, int]:
+    kinds: dict[fx.Node, int] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            kinds[node] = _VARYING if spiking_input else _CONST
+        elif node.op == "get_attr":
+            kinds[node] = _STATIC
+        elif node.op == "output":
+            continue
+        elif isinstance(node_module(module, node), IFNeuron):
+            kinds[node] = _VARYING
+        else:
+            kinds[node] = max((kinds[a] for a in node.all_input_nodes), default=_STATIC)
+    return kinds
+
+
+def _build_plan(graph: fx.Graph, module: nn.Module, *, spiking_input: bool) -> ExecutionPlan:
+    kinds = _node_kinds(graph, module, spiking_input)
+    frontier = [
+        n
+        for n in graph.nodes
+        if kinds.get(n) == _CONST
+        and any(u.op == "output" or kinds.get(u) == _VARYING for u in n.users)
+    ]
+    root: dict[str, object] = {}
+
+    def register(node: fx.Node) -> None:
+        if node.op in ("call_module", "get_attr"):
+            root[str(node.target)] = _resolve(module, node)
+
+    body = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    expanded: dict[fx.Node, fx.Node] = {}
+    expand = ExpandTime()
+    root["_expand_time"] = expand
+
+    def copy_static(node: fx.Node) -> fx.Node:
+        if node not in env:
+            register(node)
+            env[node] = body.node_copy(node, lambda a: copy_static(a))
+        return env[node]
+
+    def fetch(arg: fx.Node, into_neuron: bool) -> fx.Node:
+        kind = kinds[arg]
+        if kind == _STATIC:
+            return copy_static(arg)
+        if kind == _CONST and not into_neuron:
+            if arg not in expanded:
+                expanded[arg] = body.call_module("_expand_time", (env[arg],))
+            return expanded[arg]
+        return env[arg]
+
+    if spiking_input:
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                env[node] = body.placeholder(node.name)
+    else:
+        for node in frontier:
+            env[node] = body.placeholder(f"const_{node.name}")
+    spike_fed: list[tuple[str, nn.Module]] = []
+    per_step: list[nn.Module] = [expand]
+    for node in graph.nodes:
+        if node.op == "placeholder" or (node.op != "output" and kinds[node] != _VARYING):
+            continue
+        m = node_module(module, node)
+        into_neuron = isinstance(m, IFNeuron)
+        register(node)
+        if isinstance(m, nn.Linear):
+            m = root[str(node.target)] = StepwiseLinear(m)
+            per_step.append(m)
+        env[node] = body.node_copy(node, lambda a, n=into_neuron: fetch(a, n))
+        if (
+            isinstance(m, (*SYNAPTIC_TYPES, StepwiseLinear))
+            and node.args
+            and isinstance(node.args[0], fx.Node)
+            and kinds[node.args[0]] == _VARYING
+        ):
+            spike_fed.append((str(node.target), m))
+    body_gm = fx.GraphModule(root, body)
+
+    stem_gm = None
+    if not spiking_input:
+        stem = fx.Graph()
+        stem_env: dict[fx.Node, fx.Node] = {}
+        stem_root: dict[str, object] = {}
+        for node in graph.nodes:
+            if node.op == "output" or kinds[node] == _VARYING:
+                continue
+            if node.op in ("call_module", "get_attr"):
+                stem_root[str(node.target)] = _resolve(module, node)
+            stem_env[node] = stem.node_copy(node, lambda a: stem_env[a])
+        stem.output(tuple(stem_env[n] for n in frontier))
+        stem_gm = fx.GraphModule(stem_root, stem)
+        stem_gm.graph.eliminate_dead_code()
+        stem_gm.recompile()
+    return ExecutionPlan(stem=stem_gm, body=body_gm, per_step=per_step, spike_fed=spike_fed)
+
+
+def _resolve(module: nn.Module, node: fx.Node) -> object:
+    """The object a call_module / get_attr node refers to (shared, not copied)."""
+    obj: object = module
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def fan_out(layer: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Mean synaptic fan-out = MACs / input elements (per image, so batch-independent)."""
+    layer = layer.linear if isinstance(layer, StepwiseLinear) else layer
+    if isinstance(layer, nn.Linear):
+        return float(layer.out_features)
+    assert isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    k = layer.weight.shape[1] * int(torch.tensor(layer.weight.shape[2:]).prod())
+    return y[0].numel() * k / x[0].numel()

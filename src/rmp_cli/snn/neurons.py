@@ -1,0 +1,198 @@
+"""Integrate-and-fire neuron (no leak, discrete time) with soft (RMP) or hard reset.
+
+Per step:  m = v + I;  s = m >= theta;  soft: v = m - s*theta;  hard: v = m*(1 - s).
+The output is s*theta, so the next layer keeps the ANN's weights. Multi-step: the neuron receives a
+chunk of Tc steps as a flat time-major batch [Tc*B, ...] and loops over time itself; membrane state
+is carried from chunk to chunk until `reset_state()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from rmp_cli.errors import RmpError
+
+RESETS = ("soft", "hard")
+
+
+# --- reset rules: the one line in which hard and soft differ --------------------------------------
+def soft_reset(m: Tensor, s: Tensor, theta: Tensor) -> Tensor:
+    """RMP: subtract the threshold, keep the residual charge."""
+    return m - s * theta
+
+
+def hard_reset(m: Tensor, s: Tensor, theta: Tensor) -> Tensor:
+    """Sengupta: membrane back to zero after a spike; charge above threshold is lost."""
+    return m * (1 - s)
+
+
+# In-place equivalents for the hot loop, bit-identical to the rules above. `s` is the float
+# spike map (1.0 / 0.0): s*theta is theta or exactly 0, and m - m*s is +0.0 or m.
+def _soft_reset_(v: Tensor, s: Tensor, theta: Tensor) -> None:
+    v.addcmul_(s, theta, value=-1)
+
+
+def _hard_reset_(v: Tensor, s: Tensor, theta: Tensor) -> None:
+    v.addcmul_(v, s, value=-1)
+
+
+_RESET_IN_PLACE: dict[str, Callable[[Tensor, Tensor, Tensor], None]] = {
+    "soft": _soft_reset_,
+    "hard": _hard_reset_,
+}
+
+# A float32 sum of 0/1 values is exact while it stays below 2^24.
+_EXACT_FLOAT_COUNT = 2**24
+
+
+def check_reset(reset: str) -> str:
+    if reset not in RESETS:
+        raise RmpError(f"unknown reset '{reset}'; choose one of: {', '.join(RESETS)}")
+    return reset
+
+
+def check_v_init(v_init: float) -> float:
+    v_init = float(v_init)
+    if not 0.0 <= v_init < 1.0:
+        raise RmpError(f"v_init is a fraction of the threshold in [0, 1), got {v_init}")
+    return v_init
+
+
+class IFNeuron(nn.Module):
+    """A layer of IF neurons with one threshold per layer (0-d) or per channel ([C], dim 1)."""
+
+    def __init__(
+        self,
+        threshold: float | Tensor = 1.0,
+        reset: str = "soft",
+        v_init: float = 0.0,
+        ceiling: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).clone())
+        self.reset_mode = check_reset(reset)
+        self.v_init = check_v_init(v_init)
+        # Trained clipping ceiling of the activation this neuron replaced (threshold = ceiling).
+        self.ceiling = None if ceiling is None else ceiling.detach().clone().float()
+        self.name = ""  # qualified path, set by SpikingNet (for error messages)
+        self.chunk, self.batch = 1, None
+        self.count_spikes = False
+        self.last_counts: Tensor | None = None  # spikes per step of the last call, [Tc]
+        self.last_output: Tensor | None = None
+        self.v: Tensor | None = None
+        self._fresh = True
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.threshold.shape)
+        theta = f"{self.threshold.item():.4g}" if not shape else f"per-channel{list(shape)}"
+        return f"threshold={theta}, reset={self.reset_mode}, v_init={self.v_init}"
+
+    def set_threshold(self, theta: Tensor | float) -> None:
+        theta = torch.as_tensor(theta, dtype=torch.float32).detach()
+        if theta.dim() > 1:
+            raise RmpError(
+                f"threshold of '{self.name}' must be a scalar or one value per channel, "
+                f"got shape {tuple(theta.shape)}"
+            )
+        if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+            raise RmpError(
+                f"threshold of '{self.name}' must be finite and positive, got "
+                f"min {theta.min().item():.4g}"
+            )
+        self.threshold = theta.to(self.threshold.device).clone()
+
+    def configure(self, chunk: int, batch: int | None) -> None:
+        """Steps per call (Tc) and images per batch (B): an input of [B, ...] when Tc > 1 is a
+        constant current (the direct-input layers ran once on the un-repeated images)."""
+        self.chunk, self.batch = int(chunk), batch
+
+    def reset_state(self) -> None:
+        self._fresh = True
+
+    def _theta(self, ndim: int, channels: int) -> Tensor:
+        theta = self.threshold
+        if theta.dim() == 0:
+            return theta
+        if theta.numel() != channels:
+            raise RmpError(
+                f"layer '{self.name}' has {channels} channels but {theta.numel()} "
+                f"per-channel thresholds"
+            )
+        return theta.view(-1, *([1] * (ndim - 2)))
+
+    def _init_state(self, shape: torch.Size, like: Tensor, theta: Tensor) -> None:
+        # v(0) = v_init * theta; reuse the buffer between batches of the same size.
+        fmt = memory_format_of(like)
+        v = self.v
+        if (
+            v is None
+            or v.shape != shape
+            or v.device != like.device
+            or not v.is_contiguous(memory_format=fmt)
+        ):
+            self.v = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+        self.v.copy_((theta * self.v_init).expand(shape))
+        self._fresh = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        tc = self.chunk
+        batch = self.batch if self.batch is not None else x.shape[0] // tc
+        constant = tc > 1 and x.shape[0] == batch
+        if not constant and x.shape[0] != tc * batch:
+            raise RuntimeError(
+                f"neuron '{self.name}': input batch {x.shape[0]} is neither "
+                f"B={batch} nor Tc*B={tc * batch}"
+            )
+        shape = torch.Size((batch, *x.shape[1:]))
+        theta = self._theta(x.dim(), x.shape[1] if x.dim() > 1 else 1)
+        if self._fresh or self.v is None or self.v.shape != shape:
+            self._init_state(shape, x, theta)
+        v = self.v
+        # A fresh output each call (callers may keep it); allocation is cheap once the allocator
+        # keeps freed blocks (see allocator.py). Time-major, in the input's memory format.
+        flat = torch.empty(
+            (tc * batch, *shape[1:]),
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=memory_format_of(x),
+        )
+        out = flat.view(tc, *shape)  # splitting the outermost dim is a view in any memory format
+        steps = None if constant else x.reshape(tc, *shape)
+        reset_ = _RESET_IN_PLACE[self.reset_mode]
+        for t in range(tc):
+            s = out[t]
+            v.add_(x if steps is None else steps[t])
+            torch.ge(v, theta, out=s)  # 1.0 where m >= theta
+            reset_(v, s, theta)
+        if self.count_spikes:
+            self.last_counts = count_per_step(out)
+        out.mul_(theta)  # spikes carry theta (one pass for the whole chunk)
+        self.last_output = flat
+        return flat
+
+    def release(self) -> None:
+        """Drop state and buffers (memory) after a simulation."""
+        self.v = self.last_output = self.last_counts = None
+        self._fresh = True
+
+
+def count_per_step(values: Tensor) -> Tensor:
+    """Nonzeros per step [Tc] (int64) of a 0/1 float map [Tc, B, ...]: per-image float sums are
+    exact and vectorise far better than counting a boolean."""
+    if values.dim() == 2 or values[0, 0].numel() >= _EXACT_FLOAT_COUNT:
+        return values.reshape(values.shape[0], -1).count_nonzero(1)
+    return values.sum(dim=tuple(range(2, values.dim()))).to(torch.int64).sum(1)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """channels_last for NHWC-strided 4-d tensors (the fast CPU layout), else contiguous."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format

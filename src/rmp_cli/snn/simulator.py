@@ -1,0 +1,487 @@
+"""The simulator: one pass to T_max per batch, scored at every requested T from the running readout.
+
+Layer by layer over time chunks: each stateless layer runs once per chunk on a flat [Tc*B, ...]
+batch, neurons loop over the Tc steps and carry their membrane to the next chunk (memory flat in
+T). With direct input the layers before the first neuron run once per batch.
+
+Exactness: every step performs the same float32 operations as a plain step-by-step simulation, and
+the readout is accumulated sequentially, so results do not depend on the chunk size as long as the
+backend's conv/linear kernels give each image the same result whatever the batch size (true on
+CPU for flat batches of 2 or more; a single image at Tc=1 may take a different kernel path).
+
+Counts (all per requested T, summed over images; exact integers, so shards merge exactly):
+  correct   images whose label ranks < k in the readout (ties: lower class index first, as argmax)
+  spikes    spikes emitted by every neuron layer (and by the readout neuron for readout="spikes")
+  synops    sum over synaptic layers fed by spikes of (nonzero input entries x mean fan-out), with
+            fan-out = MACs / input elements. The first layer under direct input is analog, computed
+            once per batch, and not counted; a pooled entry fed by several spikes counts once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rmp_cli.errors import RmpError
+from rmp_cli.snn.allocator import keep_freed_memory
+from rmp_cli.snn.encoding import batch_generator, check_encoding, poisson_spikes
+from rmp_cli.snn.network import ExecutionPlan, SpikingNet, fan_out
+from rmp_cli.snn.neurons import IFNeuron, count_per_step
+
+READOUTS = ("potential", "spikes")
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a chunk's forward early (threshold calibration stops at layer l)."""
+
+
+# --- results -------------------------------------------------------------------------------------
+@dataclass
+class SimResult:
+    timesteps: list[int]
+    num_images: int
+    correct: dict[int, list[int]]  # k -> correct top-k count per T
+    spikes_per_layer: dict[str, list[int]]  # layer -> total spikes over all images, per T
+    synops: list[float]  # synaptic operations over all images, per T
+    seconds: float = 0.0
+    num_classes: int = 0
+
+    def _index(self, t: int) -> int:
+        try:
+            return self.timesteps.index(int(t))
+        except ValueError:
+            raise RmpError(f"T={t} was not simulated; simulated: {self.timesteps}") from None
+
+    def accuracy(self, t: int, k: int = 1) -> float:
+        if k not in self.correct:
+            raise RmpError(f"top-{k} was not scored; scored: {sorted(self.correct)}")
+        return self.correct[k][self._index(t)] / max(self.num_images, 1)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per T: accuracy, top5 (None unless scored), spikes/synops per image."""
+        n = max(self.num_images, 1)
+        rows = []
+        for i, t in enumerate(self.timesteps):
+            spikes = sum(v[i] for v in self.spikes_per_layer.values())
+            rows.append(
+                {
+                    "timesteps": t,
+                    "accuracy": self.correct[1][i] / n if 1 in self.correct else None,
+                    "top5": self.correct[5][i] / n if 5 in self.correct else None,
+                    "spikes_per_image": spikes / n,
+                    "synops_per_image": self.synops[i] / n,
+                }
+            )
+        return rows
+
+    def merge(self, other: SimResult) -> SimResult:
+        """Counts of two disjoint image sets (shards, ranks) added; seconds add up too."""
+        if (
+            other.timesteps != self.timesteps
+            or set(other.correct) != set(self.correct)
+            or list(other.spikes_per_layer) != list(self.spikes_per_layer)
+        ):
+            raise RmpError(
+                "cannot merge simulation results with different time-steps, top-k or layers"
+            )
+        return SimResult(
+            timesteps=list(self.timesteps),
+            num_images=self.num_images + other.num_images,
+            correct={k: _add(v, other.correct[k]) for k, v in self.correct.items()},
+            spikes_per_layer={
+                name: _add(v, other.spikes_per_layer[name])
+                for name, v in self.spikes_per_layer.items()
+            },
+            synops=_add(self.synops, other.synops),
+            seconds=self.seconds + other.seconds,
+            num_classes=max(self.num_classes, other.num_classes),
+        )
+
+
+def _add(a: list, b: list) -> list:
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+@dataclass
+class BatchTrace:
+    """Everything one batch produced; tensors stay on the simulation device."""
+
+    timesteps: list[int]
+    potentials: Tensor  # [nT, B, K] accumulated output-layer potential at each requested T
+    spike_counts: Tensor | None  # [nT, B, K] readout-neuron spike counts (readout="spikes")
+    layer_spikes: Tensor  # [L, T_max] spikes per step per neuron layer (summed over the batch)
+    layer_events: Tensor  # [S, T_max] nonzero input entries per step per spike-fed synaptic layer
+
+
+# --- argument checks -----------------------------------------------------------------------------
+def check_timesteps(timesteps: Sequence[int]) -> list[int]:
+    if isinstance(timesteps, int) or not isinstance(timesteps, Iterable):
+        raise RmpError(f"timesteps must be a list of positive integers, got {timesteps!r}")
+    values = list(timesteps)
+    if not values:
+        raise RmpError("timesteps is empty; give at least one positive integer, e.g. [32, 64]")
+    for t in values:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise RmpError(f"time-steps must be positive integers, got {t!r}")
+    return sorted(set(values))
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RmpError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise RmpError(f"unknown device '{device}'; use cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RmpError("device=cuda requested but CUDA is not available; use device=cpu")
+    return dev
+
+
+# --- the chunked runner --------------------------------------------------------------------------
+# "auto" chunk: as many steps as keep the largest per-chunk activation near this many bytes.
+# Measured: on 2 CPU cores a small CNN ran within 5% from 64 to 256 MB (and 15-25% faster than
+# Tc=1); on an H100 (fp32) VGG-16 ran 29k image-steps/s at 128 MB (B=256, Tc=2) but 20k at
+# 1 GB (cuDNN picks FFT convolutions for large batches); a small CNN was within 3% of its best.
+AUTO_CHUNK_BYTES = {"cpu": 128 << 20, "cuda": 128 << 20}
+AUTO_CHUNK_MAX = {"cpu": 32, "cuda": 128}
+
+
+class ChunkedRun:
+    """Drives a SpikingNet over batches of images, chunk by chunk. Use as a context manager.
+
+    chunk: steps per layer call, or "auto" (sized from the net's largest activation per image).
+    channels_last: NHWC layout for 4-d activations (None = on CPU, where oneDNN convolutions and
+    pooling are faster in it). It changes float rounding in the last bit, deterministically.
+    allow_tf32: let CUDA convolutions/matmuls round inputs to TF32 (faster, less exact)."""
+
+    def __init__(
+        self,
+        net: SpikingNet,
+        *,
+        encoding: str = "direct",
+        poisson_scale: float = 1.0,
+        chunk: int | str = 16,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        count_spikes: bool = True,
+        count_synops: bool = True,
+        channels_last: bool | None = None,
+        allow_tf32: bool = False,
+    ) -> None:
+        self.net = net
+        self.encoding = check_encoding(encoding, poisson_scale)
+        self.poisson_scale = float(poisson_scale)
+        self.auto_chunk = chunk == "auto"
+        self.chunk = 1 if self.auto_chunk else check_positive_int("chunk", chunk)
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        self.count_spikes = count_spikes
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.plan: ExecutionPlan = net.plan(spiking_input=self.encoding == "poisson")
+        # Global state changed below is restored by close().
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        net.to(self.device, memory_format=self.memory_format)
+        # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later: 4-5x faster,
+        # but no longer the float32 network. Off unless asked for.
+        self._tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        for n in net.neurons:
+            n.count_spikes = count_spikes
+        self.synaptic = self.plan.spike_fed if count_synops else []
+        self.fan_outs: list[float | None] = [None] * len(self.synaptic)
+        self._hooks = [
+            m.register_forward_hook(self._synops_hook(i)) for i, (_, m) in enumerate(self.synaptic)
+        ]
+        self._events: Tensor | None = None
+        self._t0 = self._tc = self._batch = 0
+        self.dry = False  # True during the auto-chunk sizing step: hooks must not record it
+
+    def _size_chunk(self, x: Tensor) -> None:
+        """ "auto": one dry step on one image gives every neuron layer's size per image; chunks
+        then keep the largest activation near AUTO_CHUNK_BYTES. Sized once, before the first
+        batch, so every batch (and every run) uses the same chunk shapes."""
+        net, plan, one = self.net, self.plan, x[:1]
+        self.dry = True
+        try:
+            net.reset_state()
+            net.configure(1, 1, plan)
+            if self.encoding == "poisson":
+                gen = torch.Generator(device=self.device).manual_seed(0)
+                inputs: tuple[Tensor, ...] = (poisson_spikes(one, 1, self.poisson_scale, gen),)
+            else:
+                inputs = plan.run_stem(one)
+            plan.body(*inputs)
+        except StopForward:
+            pass
+        finally:
+            self.dry = False
+        largest = max(
+            (n.v[0].numel() * n.v.element_size() for n in net.neurons if n.v is not None),
+            default=1,
+        )
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        steps = AUTO_CHUNK_BYTES[kind] // (largest * x.shape[0])
+        self.chunk = int(min(max(steps, 1), AUTO_CHUNK_MAX[kind]))
+        self.auto_chunk = False
+
+    def __enter__(self) -> ChunkedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.net.release()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._tf32
+        if self.channels_last:
+            self.net.to(memory_format=torch.contiguous_format)
+
+    def _synops_hook(self, index: int) -> Callable[..., None]:
+        neurons = self.net.neurons
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if self.dry:
+                return
+            x = inputs[0]
+            if self.fan_outs[index] is None:
+                self.fan_outs[index] = fan_out(module, x, output)
+            counts = next(
+                (
+                    n.last_counts
+                    for n in neurons
+                    if n.last_output is x and n.last_counts is not None
+                ),
+                None,
+            )
+            if counts is None:  # input is pooled/reshaped spikes: count it here
+                nonzero = torch.ne(x, 0, out=torch.empty_like(x))
+                counts = count_per_step(nonzero.view(self._tc, self._batch, *x.shape[1:]))
+            assert self._events is not None
+            self._events[index, self._t0 : self._t0 + self._tc] += counts
+
+        return hook
+
+    def chunks(
+        self, x: Tensor, t_max: int, batch_index: int = 0
+    ) -> Iterator[tuple[int, int, Tensor | None]]:
+        """Run one batch of images for t_max steps; yield (t0, tc, output currents [tc, B, K]),
+        output None when a hook stopped the chunk early. Spike/event counts land in
+        `self.layer_spikes` / `self.layer_events` ([*, t_max])."""
+        x = x.to(self.device, torch.float32, non_blocking=True)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
+        if self.auto_chunk:
+            self._size_chunk(x)
+        batch = x.shape[0]
+        net, plan = self.net, self.plan
+        net.reset_state()
+        # Where kernels may pick their algorithm by batch size (CUDA, single images on CPU), the
+        # last chunk is run at full length and the extra steps discarded: every T then sees the
+        # same chunk shapes, so a run to T_max scores each T exactly as a run to T would.
+        pad = self.device.type == "cuda" or batch == 1
+        room = t_max + self.chunk
+        spikes = torch.zeros(len(net.neurons), room, dtype=torch.int64, device=self.device)
+        self._events = torch.zeros(len(self.synaptic), room, dtype=torch.int64, device=self.device)
+        self.layer_spikes, self.layer_events = spikes[:, :t_max], self._events[:, :t_max]
+        spiking_input = self.encoding == "poisson"
+        if spiking_input:
+            gen = batch_generator(self.seed, batch_index, self.device)
+            scale = self.poisson_scale
+        else:
+            constants = plan.run_stem(x)  # analog layers before the first neuron: once per batch
+        t0 = 0
+        while t0 < t_max:
+            tc = self.chunk if pad else min(self.chunk, t_max - t0)
+            self._t0, self._tc, self._batch = t0, tc, batch
+            net.configure(tc, batch, plan)
+            for n in net.neurons:
+                n.last_output = n.last_counts = None
+            inputs = (poisson_spikes(x, tc, scale, gen),) if spiking_input else constants
+            try:
+                out = plan.body(*inputs)
+            except StopForward:
+                out = None
+            if self.count_spikes:
+                for i, n in enumerate(net.neurons):
+                    if n.last_counts is not None:
+                        spikes[i, t0 : t0 + tc] += n.last_counts
+            valid = min(tc, t_max - t0)
+            if out is not None:
+                out = out.reshape(tc, batch, *out.shape[1:])[:valid]
+            yield t0, valid, out
+            t0 += tc
+
+
+# --- scoring -------------------------------------------------------------------------------------
+def label_rank(scores: Tensor, labels: Tensor, tiebreak: Tensor | None = None) -> Tensor:
+    """Rank of the true class (0 = predicted) in scores [..., B, K]; ties go to the secondary
+    score `tiebreak`, then to the lower class index (the rule of torch.argmax)."""
+    y = labels.view(*([1] * (scores.dim() - 2)), -1, 1).expand(*scores.shape[:-1], 1)
+    own = scores.gather(-1, y)
+    above = scores > own
+    tied = scores == own
+    if tiebreak is not None:
+        own2 = tiebreak.gather(-1, y)
+        above = above | (tied & (tiebreak > own2))
+        tied = tied & (tiebreak == own2)
+    index = torch.arange(scores.shape[-1], device=scores.device)
+    return (above | (tied & (index < y))).sum(-1)
+
+
+def run_batch(
+    run: ChunkedRun,
+    x: Tensor,
+    timesteps: Sequence[int],
+    *,
+    readout: str = "potential",
+    batch_index: int = 0,
+) -> BatchTrace:
+    """Simulate one batch to max(timesteps); readout state at each requested T."""
+    wanted = check_timesteps(timesteps)
+    t_max = wanted[-1]
+    net = run.net
+    batch = x.shape[0]
+    acc = counts = readout_neuron = None
+    potentials: list[Tensor] = []
+    spike_counts: list[Tensor] = []
+    readout_spikes = torch.zeros(t_max, dtype=torch.int64, device=run.device)
+    if readout == "spikes":
+        theta = net.output_threshold if net.output_threshold else 1.0
+        readout_neuron = IFNeuron(theta, reset=net.reset_mode, v_init=net.v_init).to(run.device)
+        readout_neuron.name = "readout"
+    next_i = 0
+    for t0, tc, out in run.chunks(x, t_max, batch_index):
+        assert out is not None
+        if acc is None:
+            acc = torch.zeros_like(out[0])
+        if readout_neuron is not None:
+            readout_neuron.configure(tc, batch)
+            fired = readout_neuron(out.reshape(tc * batch, -1)).view(tc, batch, -1) != 0
+            readout_spikes[t0 : t0 + tc] = fired.view(tc, -1).sum(1)
+            if counts is None:
+                counts = torch.zeros_like(out[0], dtype=torch.int32)
+        for i in range(tc):
+            acc.add_(out[i])  # sequential float32 sum: identical for every chunking
+            if counts is not None:
+                counts.add_(fired[i])
+            if next_i < len(wanted) and t0 + i + 1 == wanted[next_i]:
+                potentials.append(acc.clone())
+                if counts is not None:
+                    spike_counts.append(counts.clone())
+                next_i += 1
+    layer_spikes = run.layer_spikes
+    if readout_neuron is not None:
+        layer_spikes = torch.cat([layer_spikes, readout_spikes[None]])
+    return BatchTrace(
+        timesteps=wanted,
+        potentials=torch.stack(potentials),
+        spike_counts=torch.stack(spike_counts) if spike_counts else None,
+        layer_spikes=layer_spikes,
+        layer_events=run.layer_events,
+    )
+
+
+# --- the entry point -----------------------------------------------------------------------------
+def simulate(
+    net: SpikingNet,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    timesteps: Sequence[int],
+    *,
+    encoding: str = "direct",
+    poisson_scale: float = 1.0,
+    chunk: int | str = 16,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    readout: str = "potential",
+    topk: Sequence[int] = (1, 5),
+    count_synops: bool = True,
+    progress: Callable[[int], Any] | None = None,
+    channels_last: bool | None = None,
+    allow_tf32: bool = False,
+) -> SimResult:
+    """Simulate `net` on (images, labels) batches ONCE to max(timesteps) and score every T.
+
+    top-k with k > 1 is scored only when the net has more than 10 classes. `progress(images_done)`
+    is called after each batch. Prints nothing."""
+    wanted = check_timesteps(timesteps)
+    if readout not in READOUTS:
+        raise RmpError(f"unknown readout '{readout}'; choose one of: {', '.join(READOUTS)}")
+    ks = sorted({check_positive_int("top-k", k) for k in topk} | {1})
+    tic = time.perf_counter()
+    num_images, num_classes = 0, 0
+    correct: Tensor | None = None
+    spikes_total: Tensor | None = None
+    events_total: Tensor | None = None
+    with (
+        torch.inference_mode(),
+        ChunkedRun(
+            net,
+            encoding=encoding,
+            poisson_scale=poisson_scale,
+            chunk=chunk,
+            device=device,
+            seed=seed,
+            count_synops=count_synops,
+            channels_last=channels_last,
+            allow_tf32=allow_tf32,
+        ) as run,
+    ):
+        for batch_index, (x, y) in enumerate(batches):
+            if x.shape[0] == 0:
+                continue
+            trace = run_batch(run, x, wanted, readout=readout, batch_index=batch_index)
+            labels = y.to(run.device).long()
+            num_classes = trace.potentials.shape[-1]
+            if correct is None:
+                ks = [k for k in ks if k == 1 or (num_classes > 10 and k <= num_classes)]
+                correct = torch.zeros(len(ks), len(wanted), dtype=torch.int64, device=run.device)
+                spikes_total = torch.zeros_like(trace.layer_spikes)
+                events_total = torch.zeros_like(trace.layer_events)
+            if trace.spike_counts is not None:
+                rank = label_rank(trace.spike_counts, labels, tiebreak=trace.potentials)
+            else:
+                rank = label_rank(trace.potentials, labels)
+            for j, k in enumerate(ks):
+                correct[j] += (rank < k).sum(-1)
+            spikes_total += trace.layer_spikes
+            events_total += trace.layer_events
+            num_images += x.shape[0]
+            if progress is not None:
+                progress(num_images)
+        fan_outs = [f or 0.0 for f in run.fan_outs]
+    names = list(net.neuron_names) + (["readout"] if readout == "spikes" else [])
+    index = torch.tensor([t - 1 for t in wanted])
+    if correct is None:  # no images: zero counts
+        ks = [1]
+        correct = torch.zeros(1, len(wanted), dtype=torch.int64)
+        spikes_total = torch.zeros(len(names), wanted[-1], dtype=torch.int64)
+        events_total = torch.zeros(len(fan_outs), wanted[-1], dtype=torch.int64)
+    spikes_at = spikes_total.cpu().cumsum(1)[:, index]
+    events_at = events_total.cpu().cumsum(1)[:, index]
+    synops = [
+        sum(f * int(events_at[s, i]) for s, f in enumerate(fan_outs)) for i in range(len(wanted))
+    ]
+    return SimResult(
+        timesteps=wanted,
+        num_images=num_images,
+        correct={k: correct[j].cpu().tolist() for j, k in enumerate(ks)},
+        spikes_per_layer={name: spikes_at[i].tolist() for i, name in enumerate(names)},
+        synops=[float(s) for s in synops],
+        seconds=time.perf_counter() - tic,
+        num_classes=num_classes,
+    )
