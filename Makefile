@@ -45,6 +45,9 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+bench: setup ## Simulator speed and memory benchmark (writes benchmarks/results/)
+	$(BIN)/python benchmarks/bench_simulator.py
+
 fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
 	@test -d $(FMNIST_PKG) || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 

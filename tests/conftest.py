@@ -21,11 +21,17 @@ def rmp(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run(
-            [sys.executable, "-m", "rmp_cli", *args], cwd=tmp_path, env=env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "rmp_cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     return run

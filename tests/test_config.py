@@ -29,7 +29,12 @@ def test_every_choice_composes() -> None:
 
 def test_overrides_apply() -> None:
     cfg = compose_config(["snn.reset=hard", "balance=rmp", "balance.scale=0.6", "train.epochs=2"])
-    assert (cfg.snn.reset, cfg.balance.method, cfg.balance.scale, cfg.train.epochs) == ("hard", "rmp", 0.6, 2)
+    assert (cfg.snn.reset, cfg.balance.method, cfg.balance.scale, cfg.train.epochs) == (
+        "hard",
+        "rmp",
+        0.6,
+        2,
+    )
 
 
 def test_unknown_choice_lists_valid_ones() -> None:

@@ -10,10 +10,24 @@ def table(curves: dict[str, list[float]], ts: list[int], ann: float = 0.9) -> pd
     rows = []
     for reset, accs in curves.items():
         for t, acc in zip(ts, accs, strict=True):
-            rows.append({"dataset": "d", "model": "m", "reset": reset, "balance": "spike_norm",
-                         "scale": 1.0, "v_init": 0.0, "encoding": "direct", "timesteps": t,
-                         "accuracy": acc, "top5": None, "ann_accuracy": ann,
-                         "spikes_per_image": t * 10.0, "synops_per_image": t * 100.0, "seconds": 1.0})
+            rows.append(
+                {
+                    "dataset": "d",
+                    "model": "m",
+                    "reset": reset,
+                    "balance": "spike_norm",
+                    "scale": 1.0,
+                    "v_init": 0.0,
+                    "encoding": "direct",
+                    "timesteps": t,
+                    "accuracy": acc,
+                    "top5": None,
+                    "ann_accuracy": ann,
+                    "spikes_per_image": t * 10.0,
+                    "synops_per_image": t * 100.0,
+                    "seconds": 1.0,
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -21,7 +35,9 @@ TS = [1, 2, 4, 8, 16, 32]
 
 
 def test_summary_per_point() -> None:
-    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS)
+    df = table(
+        {"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS
+    )
     s = summarize(df).set_index("reset")
     assert s.loc["hard", "best_accuracy"] == 0.8 and s.loc["hard", "first_t_best"] == 16
     assert s.loc["soft", "first_t_best"] == 16
@@ -31,7 +47,9 @@ def test_summary_per_point() -> None:
 
 
 def test_headline_ratio() -> None:
-    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS)
+    df = table(
+        {"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS
+    )
     (line,) = headline(df)
     assert "at T=4" in line and "T=16" in line and "4x fewer time-steps" in line
 

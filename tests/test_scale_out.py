@@ -17,8 +17,13 @@ from tests.conftest import last_line
 pytestmark = pytest.mark.slow
 
 EPOCHS = ["train.epochs=6", "threads=1"]
-QUICK = ["threads=1", "balance.num_images=64", "balance.timesteps=32", "dataset.subset=100",
-         "sweep.timesteps=[1,4,16]"]
+QUICK = [
+    "threads=1",
+    "balance.num_images=64",
+    "balance.timesteps=32",
+    "dataset.subset=100",
+    "sweep.timesteps=[1,4,16]",
+]
 
 
 def _env() -> dict[str, str]:
@@ -26,8 +31,16 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "rmp_cli", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rmp_cli",
+        *args,
+    ]
 
 
 def _final_acc(run: Path) -> float:
@@ -36,8 +49,14 @@ def _final_acc(run: Path) -> float:
 
 def test_torchrun_ddp_training_and_resume(rmp, tmp_path: Path) -> None:
     single = tmp_path / last_line(rmp("train", *EPOCHS, "run_dir=single"))
-    proc = subprocess.run(_torchrun("train", *EPOCHS, "run_dir=ddp"), cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _torchrun("train", *EPOCHS, "run_dir=ddp"),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = tmp_path / "ddp"
     assert proc.stdout.strip().splitlines()[-1] == "ddp"  # printed once, by rank 0
@@ -47,21 +66,35 @@ def test_torchrun_ddp_training_and_resume(rmp, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
 
     # Kill the whole DDP job mid-run, resume it under torchrun: same result as uninterrupted.
-    killed = subprocess.Popen(_torchrun("train", *EPOCHS, "run_dir=killed"), cwd=tmp_path, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = subprocess.Popen(
+        _torchrun("train", *EPOCHS, "run_dir=killed"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and killed.poll() is None:
         try:
-            if len(pd.read_csv(tmp_path / "killed" / "metrics.csv")) >= 2:
+            if len(pd.read_csv(tmp_path / "killed" / "metrics.csv")) >= 1:
                 break
         except (FileNotFoundError, pd.errors.EmptyDataError):
             pass
         time.sleep(0.02)
+    # The elastic agent starts its workers in their own sessions: kill every process of the job.
+    subprocess.run(["pkill", "-9", "-f", "run_dir=killed"], check=False)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "model.pt").exists()
-    resumed = subprocess.run(_torchrun("train", f"resume={tmp_path / 'killed' / 'last.pt'}"),
-                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _torchrun("train", f"resume={tmp_path / 'killed' / 'last.pt'}"),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = pd.read_csv(ddp / "metrics.csv").drop(columns="seconds")
     b = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="seconds")
@@ -71,16 +104,37 @@ def test_torchrun_ddp_training_and_resume(rmp, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("ann")
-    proc = subprocess.run([sys.executable, "-m", "rmp_cli", "train", "train.epochs=4", "threads=1"],
-                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmp_cli", "train", "train.epochs=4", "threads=1"],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return cwd / last_line(proc) / "model.pt"
 
 
 def _multirun(tmp_path: Path, ckpt: Path, *launcher: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "rmp_cli.app", "-m", f"ckpt={ckpt}", "snn.reset=hard,soft", *QUICK,
-         f"hydra.sweep.dir={tmp_path / 'multi'}", *launcher],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rmp_cli.app",
+            "-m",
+            f"ckpt={ckpt}",
+            "snn.reset=hard,soft",
+            *QUICK,
+            f"hydra.sweep.dir={tmp_path / 'multi'}",
+            *launcher,
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_hydra_joblib_multirun(tmp_path: Path, ckpt: Path) -> None:
@@ -90,22 +144,44 @@ def test_hydra_joblib_multirun(tmp_path: Path, ckpt: Path) -> None:
     assert [p.name for p in jobs] == ["0", "1"]
     resets = {pd.read_csv(job / "results.csv")["reset"].iloc[0] for job in jobs}
     assert resets == {"hard", "soft"}
-    overlay = subprocess.run([sys.executable, "-m", "rmp_cli", "plot", *map(str, jobs), "-o",
-                              str(tmp_path / "overlay")], cwd=tmp_path, env=_env(), capture_output=True,
-                             text=True, check=True)
+    overlay = subprocess.run(
+        [sys.executable, "-m", "rmp_cli", "plot", *map(str, jobs), "-o", str(tmp_path / "overlay")],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert (tmp_path / "overlay.png").is_file(), overlay.stderr
 
 
 def test_submitit_slurm_config_composes(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "rmp_cli.app", "-m", "hydra/launcher=submitit_slurm",
-                           "--cfg", "hydra", "-p", "hydra.launcher"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rmp_cli.app",
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "--cfg",
+            "hydra",
+            "-p",
+            "hydra.launcher",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SlurmLauncher" in proc.stdout
 
 
 def test_submitit_local_executor_runs_a_job(tmp_path: Path, ckpt: Path) -> None:
-    proc = _multirun(tmp_path, ckpt, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    proc = _multirun(
+        tmp_path, ckpt, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "multi").glob("*/results.csv"))
     assert len(results) == 2

@@ -21,8 +21,14 @@ QUICK = ["threads=1", "balance.num_images=64", "balance.timesteps=64", "dataset.
 
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "CI": "true"}
-    proc = subprocess.run([sys.executable, "-m", "rmp_cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmp_cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode:
         raise AssertionError(proc.stderr[-3000:])
     return proc
@@ -43,16 +49,26 @@ def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> N
     assert sorted(df["timesteps"].unique()) == [1, 4, 16, 64]
     assert len(df) == 8 and df["accuracy"].between(0, 1).all()
     assert (df["spikes_per_image"].diff().fillna(0)[df["timesteps"] > 1] >= 0).all()
-    for name in ("summary.csv", "summary.md", "accuracy_vs_timesteps.png", "accuracy_vs_timesteps.pdf"):
+    for name in (
+        "summary.csv",
+        "summary.md",
+        "accuracy_vs_timesteps.png",
+        "accuracy_vs_timesteps.pdf",
+    ):
         assert (run / name).stat().st_size > 0, name
-    assert "fewer time-steps" in (run / "summary.md").read_text() or "does not reach" in (run / "summary.md").read_text()
+    assert (
+        "fewer time-steps" in (run / "summary.md").read_text()
+        or "does not reach" in (run / "summary.md").read_text()
+    )
     replot = rmp("plot", str(run), str(run), "-o", str(tmp_path / "overlay"))
     assert (tmp_path / "overlay.png").is_file() and "overlay.png" in replot.stdout
 
 
 def test_one_pass_equals_separate_run(rmp, tmp_path: Path, ckpt: Path) -> None:
     """Accuracy at T=k from a sweep to K equals `rmp convert` run to exactly k steps."""
-    sweep = tmp_path / last_line(rmp("sweep", "--timesteps", "3,8,40", f"ckpt={ckpt}", "snn.reset=soft", *QUICK))
+    sweep = tmp_path / last_line(
+        rmp("sweep", "--timesteps", "3,8,40", f"ckpt={ckpt}", "snn.reset=soft", *QUICK)
+    )
     df = pd.read_csv(sweep / "results.csv").set_index("timesteps")
     for k in (3, 8):
         conv = tmp_path / last_line(rmp("convert", f"ckpt={ckpt}", f"snn.timesteps={k}", *QUICK))
@@ -62,12 +78,24 @@ def test_one_pass_equals_separate_run(rmp, tmp_path: Path, ckpt: Path) -> None:
 
 
 def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -> None:
-    args = ["sweep", "--timesteps", "1,2,4,8,16,32,64,128", f"ckpt={ckpt}", "snn.reset=hard,soft",
-            "snn.v_init=0,0.5", *QUICK]
+    args = [
+        "sweep",
+        "--timesteps",
+        "1,2,4,8,16,32,64,128",
+        f"ckpt={ckpt}",
+        "snn.reset=hard,soft",
+        "snn.v_init=0,0.5",
+        *QUICK,
+    ]
     full = tmp_path / last_line(rmp(*args, "run_dir=full"))
     env = {**os.environ, "CI": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "rmp_cli", *args, "run_dir=cut"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rmp_cli", *args, "run_dir=cut"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cut = tmp_path / "cut"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -109,7 +137,11 @@ def test_bad_convert_input(rmp, tmp_path: Path, ckpt: Path) -> None:
     corrupt.write_bytes(b"\x00garbage")
     assert_clean_error(rmp("convert", f"ckpt={corrupt}", check=False), "corrupt")
     assert_clean_error(rmp("convert", f"ckpt={ckpt}", "model=vgg16", check=False), "model.name")
-    assert_clean_error(rmp("convert", f"ckpt={ckpt}", "snn.timesteps=0", check=False), "snn.timesteps")
-    assert_clean_error(rmp("convert", f"ckpt={ckpt}", "balance=percentile", "balance.percentile=120",
-                           check=False), "percentile")
+    assert_clean_error(
+        rmp("convert", f"ckpt={ckpt}", "snn.timesteps=0", check=False), "snn.timesteps"
+    )
+    assert_clean_error(
+        rmp("convert", f"ckpt={ckpt}", "balance=percentile", "balance.percentile=120", check=False),
+        "percentile",
+    )
     assert not (tmp_path / "outputs").exists()

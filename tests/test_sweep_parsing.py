@@ -41,8 +41,9 @@ def test_config_list_validated() -> None:
 
 
 def test_grid_split_and_product() -> None:
-    base, axes = split_grid(["snn.reset=hard,soft", "balance.scale=1.0,0.8", "train.epochs=2",
-                             "sweep.timesteps=[1,2]"])
+    base, axes = split_grid(
+        ["snn.reset=hard,soft", "balance.scale=1.0,0.8", "train.epochs=2", "sweep.timesteps=[1,2]"]
+    )
     assert base == ["train.epochs=2", "sweep.timesteps=[1,2]"]
     assert axes == {"snn.reset": ["hard", "soft"], "balance.scale": ["1.0", "0.8"]}
     points = grid_points(base, axes)

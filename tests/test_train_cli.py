@@ -24,7 +24,15 @@ def test_default_train_on_digits(rmp, tmp_path: Path) -> None:
     run = tmp_path / last_line(proc)
     assert run.parent == tmp_path / "outputs" / "train"
     metrics = pd.read_csv(run / "metrics.csv")
-    assert list(metrics.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+    assert list(metrics.columns) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "seconds",
+    ]
     assert metrics["test_acc"].iloc[-1] >= 0.97
     ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1], abs=1e-6)
@@ -51,8 +59,13 @@ def test_killed_run_resumes_to_the_same_result(rmp, tmp_path: Path) -> None:
     args = ["train.epochs=6", "threads=1", "dataset.batch_size=32"]
     full = tmp_path / last_line(rmp("train", *args, "run_dir=full"))
     env = {**os.environ, "CI": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "rmp_cli", "train", *args, "run_dir=killed"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rmp_cli", "train", *args, "run_dir=killed"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed = tmp_path / "killed"
     deadline = time.time() + 120
     while _metrics_rows(killed) < 2 and time.time() < deadline and proc.poll() is None:
@@ -86,7 +99,9 @@ def test_bad_train_input(rmp, tmp_path: Path) -> None:
 def test_resume_refuses_changed_config_and_overwrite(rmp, tmp_path: Path) -> None:
     run = tmp_path / last_line(rmp("train", *FAST_TRAIN, "train.epochs=1", "run_dir=one"))
     before = (run / "model.pt").read_bytes()
-    assert_clean_error(rmp("train", f"resume={run / 'last.pt'}", "model=mnist_cnn", check=False), "model")
+    assert_clean_error(
+        rmp("train", f"resume={run / 'last.pt'}", "model=mnist_cnn", check=False), "model"
+    )
     assert_clean_error(rmp("train", f"resume={run / 'last.pt'}", check=False), "nothing to resume")
     assert_clean_error(rmp("train", *FAST_TRAIN, "run_dir=one", check=False), "already holds a run")
     assert_clean_error(rmp("train", f"resume={run / 'model.pt'}", check=False), "last.pt")

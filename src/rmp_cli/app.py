@@ -47,9 +47,9 @@ def run_job(cfg: DictConfig) -> str:
         run = create_run_dir("convert", cfg, overrides, reuse=True)
         _convert(prepared, run.path, int(cfg.snn.timesteps))
     else:
+        from rmp_cli.pipeline import validate_snn_config
         from rmp_cli.results import point_key
         from rmp_cli.sweep import RunLock, axis_values, sweep_points, validate_timesteps
-        from rmp_cli.pipeline import validate_snn_config
 
         steps = validate_timesteps(list(OmegaConf.to_container(cfg.sweep.timesteps)))
         validate_snn_config(cfg)

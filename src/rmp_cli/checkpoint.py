@@ -23,7 +23,9 @@ MODEL_KEYS = ("name", "bias", "batch_norm", "pool", "dropout", "activation", "ac
 def build_model(cfg: DictConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     m = cfg.model
     knobs = {k: m[k] for k in MODEL_KEYS[1:] if k in m}
-    return create_model(str(m.name), num_classes=num_classes, input_shape=tuple(input_shape), **knobs)
+    return create_model(
+        str(m.name), num_classes=num_classes, input_shape=tuple(input_shape), **knobs
+    )
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -39,17 +41,30 @@ def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str
         raise RmpError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        ValueError,
+        OSError,
+    ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RmpError(f"checkpoint {path} is corrupt or not a torch file ({reason[:120]})") from None
+        raise RmpError(
+            f"checkpoint {path} is corrupt or not a torch file ({reason[:120]})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "state_dict" not in data:
-        raise RmpError(f"{path} is not an rmp checkpoint (expected a {kind}.pt written by `rmp train`)")
+        raise RmpError(
+            f"{path} is not an rmp checkpoint (expected a {kind}.pt written by `rmp train`)"
+        )
     data["config"] = from_container(data["config"])
     data["path"] = path
     return data
 
 
-def check_same_model(ckpt_cfg: DictConfig, cfg: DictConfig, overrides: list[str], path: Path) -> None:
+def check_same_model(
+    ckpt_cfg: DictConfig, cfg: DictConfig, overrides: list[str], path: Path
+) -> None:
     """Refuse a checkpoint whose architecture or dataset differs from what the overrides ask for."""
     asked = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     for group in ("dataset", "model"):
@@ -72,7 +87,9 @@ def load_model(data: dict[str, Any]) -> nn.Module:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise RmpError(f"checkpoint {data['path']} does not fit model {cfg.model.name}: {first}") from None
+        raise RmpError(
+            f"checkpoint {data['path']} does not fit model {cfg.model.name}: {first}"
+        ) from None
     return model.eval()
 
 

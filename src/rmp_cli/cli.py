@@ -36,19 +36,26 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"rmp: error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("rmp: interrupted; finished work is saved (see the run dir to resume)", err=True)
+            click.echo(
+                "rmp: interrupted; finished work is saved (see the run dir to resume)", err=True
+            )
             sys.exit(130)
 
     return wrapper
 
 
 def prepare(
-    command: str, overrides: Sequence[str], *, show_cfg: bool, quiet: bool, extra: Sequence[str] = ()
+    command: str,
+    overrides: Sequence[str],
+    *,
+    show_cfg: bool,
+    quiet: bool,
+    extra: Sequence[str] = (),
 ) -> Any:
     """Compose the config (printing it for --cfg) and set process-wide knobs. None means --cfg."""
     from rmp_cli.config import compose_config, to_yaml
-    from rmp_cli.runtime import seed_everything, set_quiet, set_threads
     from rmp_cli.rundir import quiet_mode
+    from rmp_cli.runtime import seed_everything, set_quiet, set_threads
 
     cfg = compose_config([*overrides, *extra])
     if show_cfg:
@@ -71,8 +78,12 @@ def finish(run_dir: Path) -> None:
         click.echo(str(run_dir))
 
 
-cfg_option = click.option("--cfg", "show_cfg", is_flag=True, help="Print the composed config and exit.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (also under CI=true).")
+cfg_option = click.option(
+    "--cfg", "show_cfg", is_flag=True, help="Print the composed config and exit."
+)
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bars (also under CI=true)."
+)
 overrides_argument = click.argument("overrides", nargs=-1)
 
 
@@ -124,8 +135,12 @@ def convert(show_cfg: bool, quiet: bool, overrides: tuple[str, ...]) -> None:
 
 
 @main.command(epilog=OVERRIDES_HELP)
-@click.option("--timesteps", "-t", default=None,
-              help="Comma list (32,64,128) or power-of-two range (2^5..2^11); default sweep.timesteps.")
+@click.option(
+    "--timesteps",
+    "-t",
+    default=None,
+    help="Comma list (32,64,128) or power-of-two range (2^5..2^11); default sweep.timesteps.",
+)
 @cfg_option
 @quiet_option
 @overrides_argument
@@ -139,16 +154,22 @@ def sweep(timesteps: str | None, show_cfg: bool, quiet: bool, overrides: tuple[s
     """
     from rmp_cli.sweep import run_sweep_command
 
-    finish_dir = run_sweep_command(list(overrides), timesteps=timesteps, show_cfg=show_cfg,
-                                   quiet=quiet, prepare=prepare)
+    finish_dir = run_sweep_command(
+        list(overrides), timesteps=timesteps, show_cfg=show_cfg, quiet=quiet, prepare=prepare
+    )
     if finish_dir is not None:
         finish(finish_dir)
 
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Output file stem (default: RUN_DIR/accuracy_vs_timesteps, or ./overlay for several).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file stem (default: RUN_DIR/accuracy_vs_timesteps, or ./overlay for several).",
+)
 @friendly_errors
 def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Re-draw one finished sweep, or overlay several, from their results.csv."""

@@ -28,7 +28,9 @@ def config_dir() -> Path:
     for path in candidates:
         if (path / "config.yaml").is_file():
             return path
-    raise RmpError("cannot find rmp's conf/ directory; set RMP_CONFIG_DIR to the folder holding config.yaml")
+    raise RmpError(
+        "cannot find rmp's conf/ directory; set RMP_CONFIG_DIR to the folder holding config.yaml"
+    )
 
 
 def group_choices(group: str) -> list[str]:

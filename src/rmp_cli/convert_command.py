@@ -22,9 +22,14 @@ def threshold_rows(names: list[str], thresholds: list, method: str) -> list[dict
     rows = []
     for name, theta in zip(names, thresholds, strict=True):
         values = theta.flatten().tolist()
-        rows.append({"layer": name, "method": method,
-                     "threshold": round(sum(values) / len(values), 6),
-                     "channels": len(values)})
+        rows.append(
+            {
+                "layer": name,
+                "method": method,
+                "threshold": round(sum(values) / len(values), 6),
+                "channels": len(values),
+            }
+        )
     return rows
 
 
@@ -58,13 +63,16 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     balance_seconds = time.perf_counter() - tic
     rows = threshold_rows(net.neuron_names, thresholds, str(cfg.balance.method))
     write_thresholds_csv(run_path / "thresholds.csv", rows)
-    atomic_torch_save(run_path / "snn.pt", {
-        "format": "rmp-snn-v1",
-        "thresholds": [t.cpu() for t in thresholds],
-        "neuron_names": net.neuron_names,
-        "config": to_container(cfg),
-        "ckpt": str(p.checkpoint["path"]),
-    })
+    atomic_torch_save(
+        run_path / "snn.pt",
+        {
+            "format": "rmp-snn-v1",
+            "thresholds": [t.cpu() for t in thresholds],
+            "neuron_names": net.neuron_names,
+            "config": to_container(cfg),
+            "ckpt": str(p.checkpoint["path"]),
+        },
+    )
     result = pipeline.simulate_test(p, net, [timesteps], desc=f"simulate T={timesteps}")
     snn_row = result.rows()[-1]
     report = {
@@ -86,8 +94,14 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "ckpt": str(p.checkpoint["path"]),
     }
     atomic_write_text(run_path / "convert.json", json.dumps(report, indent=2) + "\n")
-    log.info("converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
-             cfg.model.name, len(net.neuron_names), cfg.balance.method, balance_seconds, result.seconds)
+    log.info(
+        "converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
+        cfg.model.name,
+        len(net.neuron_names),
+        cfg.balance.method,
+        balance_seconds,
+        result.seconds,
+    )
     click.echo(format_table(report))
     return run_path
 

@@ -32,14 +32,18 @@ class Prepared:
     checkpoint: dict[str, Any]
 
 
-def adopt_checkpoint_config(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: Sequence[str]) -> None:
+def adopt_checkpoint_config(
+    cfg: DictConfig, ckpt_cfg: DictConfig, overrides: Sequence[str]
+) -> None:
     """The checkpoint decides model and dataset; the user's dataset.* overrides (root, subset,
     batch sizes) still apply on top."""
     cfg.model = ckpt_cfg.model
     dataset = OmegaConf.merge(ckpt_cfg.dataset, {})
     user = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("dataset.")]
     if user:
-        dataset = OmegaConf.merge(dataset, OmegaConf.from_dotlist([o[len("dataset."):] for o in user]))
+        dataset = OmegaConf.merge(
+            dataset, OmegaConf.from_dotlist([o[len("dataset.") :] for o in user])
+        )
     cfg.dataset = dataset
 
 
@@ -48,7 +52,9 @@ def validate_snn_config(cfg: DictConfig) -> None:
     if snn.reset not in RESETS:
         raise RmpError(f"unknown snn.reset '{snn.reset}'; choose one of: {', '.join(RESETS)}")
     if snn.encoding not in ENCODINGS:
-        raise RmpError(f"unknown snn.encoding '{snn.encoding}'; choose one of: {', '.join(ENCODINGS)}")
+        raise RmpError(
+            f"unknown snn.encoding '{snn.encoding}'; choose one of: {', '.join(ENCODINGS)}"
+        )
     if snn.readout not in READOUTS:
         raise RmpError(f"unknown snn.readout '{snn.readout}'; choose one of: {', '.join(READOUTS)}")
     if not 0.0 <= float(snn.v_init) < 1.0:
@@ -76,8 +82,10 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
     ann = load_model(ckpt).to(device)
     data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
     if data.num_classes != int(ckpt["num_classes"]):
-        raise RmpError(f"checkpoint has {ckpt['num_classes']} classes but dataset "
-                       f"{cfg.dataset.name} has {data.num_classes}")
+        raise RmpError(
+            f"checkpoint has {ckpt['num_classes']} classes but dataset "
+            f"{cfg.dataset.name} has {data.num_classes}"
+        )
     return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt)
 
 
@@ -87,15 +95,17 @@ def ann_metrics(p: Prepared) -> dict[str, float]:
 
 
 def chunk_size(cfg: DictConfig) -> int | str:
-    """"auto" lets the simulator size chunks to the device and the layer sizes."""
+    """ "auto" lets the simulator size chunks to the device and the layer sizes."""
     return "auto" if cfg.snn.chunk == "auto" else int(cfg.snn.chunk)
 
 
 def calibration_images(p: Prepared) -> torch.Tensor:
     n = int(p.cfg.balance.num_images)
     if n > len(p.data.calib):
-        raise RmpError(f"balance.num_images={n} exceeds the calibration subset ({len(p.data.calib)} "
-                       f"images); raise dataset.calib_size or lower balance.num_images")
+        raise RmpError(
+            f"balance.num_images={n} exceeds the calibration subset ({len(p.data.calib)} "
+            f"images); raise dataset.calib_size or lower balance.num_images"
+        )
     loader = make_loader(p.data.calib, int(p.cfg.snn.batch_size), shuffle=False, seed=0)
     images, seen = [], 0
     for x, _ in loader:
@@ -113,21 +123,31 @@ def poisson_scale(data: DataBundle) -> float:
 
 def build_snn(p: Prepared) -> SpikingNet:
     snn = p.cfg.snn
-    return to_spiking(p.ann, reset=str(snn.reset), v_init=float(snn.v_init),
-                      per_channel=bool(snn.per_channel))
+    return to_spiking(
+        p.ann, reset=str(snn.reset), v_init=float(snn.v_init), per_channel=bool(snn.per_channel)
+    )
 
 
 def balance(p: Prepared, net: SpikingNet, calib: torch.Tensor) -> list[torch.Tensor]:
     b = p.cfg.balance
     return balance_thresholds(
-        net, p.ann, calib, method=str(b.method), scale=float(b.scale),
-        percentile=float(b.get("percentile", 100.0)), timesteps=int(b.get("timesteps", 0) or 0),
-        calib_reset=str(b.get("calib_reset", "soft")), per_channel=bool(p.cfg.snn.per_channel),
-        device=str(p.device), chunk=chunk_size(p.cfg),
+        net,
+        p.ann,
+        calib,
+        method=str(b.method),
+        scale=float(b.scale),
+        percentile=float(b.get("percentile", 100.0)),
+        timesteps=int(b.get("timesteps", 0) or 0),
+        calib_reset=str(b.get("calib_reset", "soft")),
+        per_channel=bool(p.cfg.snn.per_channel),
+        device=str(p.device),
+        chunk=chunk_size(p.cfg),
     )
 
 
-def simulate_test(p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, desc: str) -> SimResult:
+def simulate_test(
+    p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, desc: str
+) -> SimResult:
     snn = p.cfg.snn
     net.reset_mode = str(snn.reset)
     net.v_init = float(snn.v_init)
@@ -139,9 +159,16 @@ def simulate_test(p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, des
         next(ticker, None)
 
     result = simulate(
-        net, loader, list(timesteps), encoding=str(snn.encoding), poisson_scale=poisson_scale(p.data),
-        chunk=chunk_size(p.cfg), device=str(p.device), seed=int(p.cfg.seed),
-        readout=str(snn.readout), progress=tick,
+        net,
+        loader,
+        list(timesteps),
+        encoding=str(snn.encoding),
+        poisson_scale=poisson_scale(p.data),
+        chunk=chunk_size(p.cfg),
+        device=str(p.device),
+        seed=int(p.cfg.seed),
+        readout=str(snn.readout),
+        progress=tick,
     )
     if hasattr(bar, "close"):
         bar.close()

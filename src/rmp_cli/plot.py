@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: clusters and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from rmp_cli.errors import RmpError  # noqa: E402
-from rmp_cli.results import AXES, read_results  # noqa: E402
+from rmp_cli.errors import RmpError
+from rmp_cli.results import AXES, read_results
 
 STEM = "accuracy_vs_timesteps"
 
@@ -31,12 +31,25 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
         for _, group in df.groupby(list(AXES), sort=False):
             group = group.sort_values("timesteps")
             label = _label(group.iloc[0], varying, prefix)
-            (line,) = ax_acc.plot(group["timesteps"], group["accuracy"] * 100, marker="o", ms=3, label=label)
-            ax_spk.plot(group["timesteps"], group["spikes_per_image"], marker="o", ms=3,
-                        color=line.get_color(), label=label)
+            (line,) = ax_acc.plot(
+                group["timesteps"], group["accuracy"] * 100, marker="o", ms=3, label=label
+            )
+            ax_spk.plot(
+                group["timesteps"],
+                group["spikes_per_image"],
+                marker="o",
+                ms=3,
+                color=line.get_color(),
+                label=label,
+            )
         ann = float(df["ann_accuracy"].iloc[0]) * 100
-        ax_acc.axhline(ann, ls="--", color="black" if len(runs) == 1 else "gray", lw=1,
-                       label=f"{prefix + ' ' if prefix else ''}ANN {ann:.2f}%")
+        ax_acc.axhline(
+            ann,
+            ls="--",
+            color="black" if len(runs) == 1 else "gray",
+            lw=1,
+            label=f"{prefix + ' ' if prefix else ''}ANN {ann:.2f}%",
+        )
     first = all_df.iloc[0]
     for ax in (ax_acc, ax_spk):
         ax.set_xscale("log", base=2)

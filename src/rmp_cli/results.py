@@ -13,8 +13,16 @@ from rmp_cli.errors import RmpError
 
 AXES = ("reset", "balance", "scale", "v_init", "encoding")
 COLUMNS = (
-    "dataset", "model", *AXES, "timesteps", "accuracy", "top5", "ann_accuracy",
-    "spikes_per_image", "synops_per_image", "seconds",
+    "dataset",
+    "model",
+    *AXES,
+    "timesteps",
+    "accuracy",
+    "top5",
+    "ann_accuracy",
+    "spikes_per_image",
+    "synops_per_image",
+    "seconds",
 )
 WITHIN = 0.01  # "within 1 point of the ANN"
 
@@ -25,7 +33,9 @@ def read_results(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RmpError(f"{path} is not a readable results table ({str(exc).splitlines()[0]})") from None
+        raise RmpError(
+            f"{path} is not a readable results table ({str(exc).splitlines()[0]})"
+        ) from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
@@ -52,16 +62,18 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         ann = float(first["ann_accuracy"])
         last = group.iloc[-1]
         within = group[group["accuracy"] >= ann - WITHIN - 1e-12]
-        rows.append({
-            **{c: first[c] for c in ("dataset", "model", *AXES)},
-            "ann_accuracy": ann,
-            "best_accuracy": best,
-            "first_t_best": int(group.loc[group["accuracy"] >= best, "timesteps"].iloc[0]),
-            "max_timesteps": int(last["timesteps"]),
-            "accuracy_at_max_t": float(last["accuracy"]),
-            "loss_at_max_t": ann - float(last["accuracy"]),
-            "first_t_within_1pt": int(within["timesteps"].iloc[0]) if len(within) else None,
-        })
+        rows.append(
+            {
+                **{c: first[c] for c in ("dataset", "model", *AXES)},
+                "ann_accuracy": ann,
+                "best_accuracy": best,
+                "first_t_best": int(group.loc[group["accuracy"] >= best, "timesteps"].iloc[0]),
+                "max_timesteps": int(last["timesteps"]),
+                "accuracy_at_max_t": float(last["accuracy"]),
+                "loss_at_max_t": ann - float(last["accuracy"]),
+                "first_t_within_1pt": int(within["timesteps"].iloc[0]) if len(within) else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -71,11 +83,15 @@ def _compare(hard: pd.DataFrame, soft: pd.DataFrame, where: str) -> str:
     t_hard = int(hard.loc[hard["accuracy"] >= best, "timesteps"].iloc[0])
     reached = soft[soft["accuracy"] >= best]
     if reached.empty:
-        return (f"soft reset does not reach hard reset's best ({best:.2%} at T={t_hard}) "
-                f"within T<={int(soft['timesteps'].max())} [{where}]")
+        return (
+            f"soft reset does not reach hard reset's best ({best:.2%} at T={t_hard}) "
+            f"within T<={int(soft['timesteps'].max())} [{where}]"
+        )
     t_soft = int(reached["timesteps"].iloc[0])
-    return (f"soft reset matches hard reset's best ({best:.2%} at T={t_hard}) at T={t_soft}: "
-            f"{t_hard / t_soft:.3g}x fewer time-steps [{where}]")
+    return (
+        f"soft reset matches hard reset's best ({best:.2%} at T={t_hard}) at T={t_soft}: "
+        f"{t_hard / t_soft:.3g}x fewer time-steps [{where}]"
+    )
 
 
 def headline(df: pd.DataFrame) -> list[str]:
@@ -88,13 +104,29 @@ def headline(df: pd.DataFrame) -> list[str]:
     for values, group in df.groupby(others, sort=False):
         hard, soft = group[group["reset"] == "hard"], group[group["reset"] == "soft"]
         if len(hard) and len(soft):
-            lines.append(_compare(hard, soft, ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=True))))
+            lines.append(
+                _compare(
+                    hard, soft, ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=True))
+                )
+            )
     for (v_init, encoding), group in df.groupby(["v_init", "encoding"], sort=False):
-        hard = group[(group["reset"] == "hard") & (group["balance"] == "spike_norm") & (group["scale"] == 1.0)]
-        for scale, soft in group[(group["reset"] == "soft") & (group["balance"] == "rmp")].groupby("scale"):
+        hard = group[
+            (group["reset"] == "hard")
+            & (group["balance"] == "spike_norm")
+            & (group["scale"] == 1.0)
+        ]
+        for scale, soft in group[(group["reset"] == "soft") & (group["balance"] == "rmp")].groupby(
+            "scale"
+        ):
             if len(hard):
-                lines.append(_compare(hard, soft, f"paper pairing: soft+rmp scale={scale} vs hard+spike_norm "
-                                                  f"scale=1.0, v_init={v_init}, encoding={encoding}"))
+                lines.append(
+                    _compare(
+                        hard,
+                        soft,
+                        f"paper pairing: soft+rmp scale={scale} vs hard+spike_norm "
+                        f"scale=1.0, v_init={v_init}, encoding={encoding}",
+                    )
+                )
     return lines
 
 
@@ -110,13 +142,17 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
         first = summary.iloc[0]
         out.write(f"# Sweep summary: {first['dataset']} / {first['model']}\n\n")
         out.write(f"ANN accuracy: {pct(first['ann_accuracy'])}%\n\n")
-    out.write("| reset | balance | scale | v_init | encoding | best acc % | first T at best "
-              "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN |\n")
+    out.write(
+        "| reset | balance | scale | v_init | encoding | best acc % | first T at best "
+        "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN |\n"
+    )
     out.write("|---|---|---|---|---|---|---|---|---|---|\n")
     for _, r in summary.iterrows():
-        out.write(f"| {r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} | {r['encoding']} "
-                  f"| {pct(r['best_accuracy'])} | {t(r['first_t_best'])} | {pct(r['accuracy_at_max_t'])} "
-                  f"| {r['loss_at_max_t'] * 100:.2f} | {t(r['first_t_within_1pt'])} |\n")
+        out.write(
+            f"| {r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} | {r['encoding']} "
+            f"| {pct(r['best_accuracy'])} | {t(r['first_t_best'])} | {pct(r['accuracy_at_max_t'])} "
+            f"| {r['loss_at_max_t'] * 100:.2f} | {t(r['first_t_within_1pt'])} |\n"
+        )
     if lines:
         out.write("\n## Soft vs hard reset\n\n")
         for line in lines:

@@ -37,7 +37,9 @@ class RunDir:
         """Remove a run dir this invocation created when it failed before producing anything."""
         if not self.created:
             return
-        produced = [p for p in self.path.iterdir() if p.name not in {".hydra", LOG_NAME, "meta.json"}]
+        produced = [
+            p for p in self.path.iterdir() if p.name not in {".hydra", LOG_NAME, "meta.json"}
+        ]
         if not produced:
             close_logging()
             shutil.rmtree(self.path, ignore_errors=True)
@@ -49,11 +51,17 @@ def git_sha() -> str:
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -77,7 +85,9 @@ def create_run_dir(
         path = Path(str(cfg.run_dir))
         existing = path.exists() and any(path.iterdir())
         if existing and not reuse:
-            raise RmpError(f"run dir {path} already holds a run; choose another run_dir= (nothing was overwritten)")
+            raise RmpError(
+                f"run dir {path} already holds a run; choose another run_dir= (nothing was overwritten)"
+            )
         path.mkdir(parents=True, exist_ok=True)
         created = not existing
     else:
@@ -97,8 +107,9 @@ def create_run_dir(
     suffix = "" if created else "." + time.strftime("%Y%m%d-%H%M%S") + "-resume"
     if created or not (hydra_dir / "config.yaml").exists():
         atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(hydra_dir / f"overrides{suffix}.yaml",
-                      OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    atomic_write_text(
+        hydra_dir / f"overrides{suffix}.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
+    )
     meta = {
         "command": command,
         "argv": sys.argv,

@@ -31,7 +31,9 @@ def resolve_device(name: str | None) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RmpError(f"device={name} requested but CUDA is not available; use device=cpu or device=auto")
+        raise RmpError(
+            f"device={name} requested but CUDA is not available; use device=cpu or device=auto"
+        )
     try:
         return torch.device(name)
     except RuntimeError:
@@ -49,6 +51,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, **kw: Any) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], *, desc: str, total: int | None = None, **kw: Any
+) -> Iterable[T]:
     """A tqdm bar on stderr, silent under --quiet / CI=true."""
-    return tqdm(iterable, desc=desc, total=total, disable=_QUIET, leave=False, dynamic_ncols=True, **kw)
+    return tqdm(
+        iterable, desc=desc, total=total, disable=_QUIET, leave=False, dynamic_ncols=True, **kw
+    )

@@ -44,8 +44,10 @@ def parse_timesteps(text: str) -> list[int]:
         elif re.fullmatch(r"[+-]?\d+", item):
             values.append(int(item))
         else:
-            raise RmpError(f"invalid time-step '{item}'; use integers (32,64,128) or a power-of-two "
-                           "range (2^5..2^11)")
+            raise RmpError(
+                f"invalid time-step '{item}'; use integers (32,64,128) or a power-of-two "
+                "range (2^5..2^11)"
+            )
     return validate_timesteps(values)
 
 
@@ -63,7 +65,9 @@ def validate_timesteps(values: Sequence[Any]) -> list[int]:
         ints.append(v)
     duplicates = sorted({v for v in ints if ints.count(v) > 1})
     if duplicates:
-        raise RmpError(f"duplicate time-steps {', '.join(map(str, duplicates))}; list each value once")
+        raise RmpError(
+            f"duplicate time-steps {', '.join(map(str, duplicates))}; list each value once"
+        )
     return sorted(ints)
 
 
@@ -85,8 +89,10 @@ def split_grid(overrides: Sequence[str]) -> tuple[list[str], dict[str, list[str]
         key, sep, value = override.partition("=")
         if sep and _top_level_comma(value):
             if key not in GRID_AXES:
-                raise RmpError(f"'{override}': comma lists make a grid only on {', '.join(GRID_AXES)}; "
-                               f"give {key} a single value")
+                raise RmpError(
+                    f"'{override}': comma lists make a grid only on {', '.join(GRID_AXES)}; "
+                    f"give {key} a single value"
+                )
             values = [v.strip() for v in value.split(",")]
             if any(v == "" for v in values) or len(set(values)) != len(values):
                 raise RmpError(f"'{override}': empty or repeated grid values")
@@ -102,15 +108,19 @@ def config_grid(entries: Sequence[str]) -> dict[str, list[str]]:
     for entry in entries:
         key, sep, value = str(entry).partition("=")
         if not sep or key not in GRID_AXES:
-            raise RmpError(f"sweep.grid entry '{entry}' must be AXIS=V1,V2 with AXIS in {', '.join(GRID_AXES)}")
+            raise RmpError(
+                f"sweep.grid entry '{entry}' must be AXIS=V1,V2 with AXIS in {', '.join(GRID_AXES)}"
+            )
         axes[key] = [v.strip() for v in value.split(",")]
     return axes
 
 
 def grid_points(base: list[str], axes: dict[str, list[str]]) -> list[list[str]]:
     keys = list(axes)
-    return [base + [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
-            for combo in itertools.product(*(axes[k] for k in keys))] or [base]
+    return [
+        base + [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+        for combo in itertools.product(*(axes[k] for k in keys))
+    ] or [base]
 
 
 def axis_values(cfg: DictConfig) -> dict[str, Any]:
@@ -138,8 +148,10 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     if explicit and (Path(str(explicit)) / MANIFEST).is_file():
         old = json.loads((Path(str(explicit)) / MANIFEST).read_text())
         if old != manifest:
-            raise RmpError(f"run dir {explicit} holds a sweep with other settings; resume it with the "
-                           "same overrides and time-steps, or choose another run_dir=")
+            raise RmpError(
+                f"run dir {explicit} holds a sweep with other settings; resume it with the "
+                "same overrides and time-steps, or choose another run_dir="
+            )
         run = create_run_dir("sweep", cfg, overrides, reuse=True)
         log.info("resuming the sweep in %s", run.path)
         return run
@@ -170,7 +182,9 @@ class RunLock:
                     continue
                 except PermissionError:
                     pass
-                raise RmpError(f"another rmp process (pid {pid}) is using {self.path.parent}")
+                raise RmpError(
+                    f"another rmp process (pid {pid}) is using {self.path.parent}"
+                ) from None
         raise RmpError(f"cannot lock {self.path.parent}")
 
     def __exit__(self, *exc: object) -> None:
@@ -191,23 +205,37 @@ def _ensure_checkpoint(cfg: DictConfig, run: RunDir) -> str:
         log.info("using the ANN trained earlier in this sweep: %s", ann_dir / "model.pt")
         return str(ann_dir / "model.pt")
     ann_dir.mkdir(exist_ok=True)
-    state = load_checkpoint(ann_dir / "last.pt", kind="last") if (ann_dir / "last.pt").is_file() else None
+    state = (
+        load_checkpoint(ann_dir / "last.pt", kind="last")
+        if (ann_dir / "last.pt").is_file()
+        else None
+    )
     log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
     train(cfg, RunDir(path=ann_dir, created=True), resume_state=state)
     return str(ann_dir / "model.pt")
 
 
 def run_sweep_command(
-    overrides: list[str], *, timesteps: str | None, show_cfg: bool, quiet: bool,
+    overrides: list[str],
+    *,
+    timesteps: str | None,
+    show_cfg: bool,
+    quiet: bool,
     prepare: Callable[..., DictConfig | None],
 ) -> Path | None:
     base, cli_axes = split_grid(overrides)
     base_cfg = prepare("sweep", base, show_cfg=show_cfg, quiet=quiet)
     if base_cfg is None:
         return None
-    steps = parse_timesteps(timesteps) if timesteps is not None else validate_timesteps(
-        list(base_cfg.sweep.timesteps) if OmegaConf.is_list(base_cfg.sweep.timesteps)
-        else [base_cfg.sweep.timesteps])
+    steps = (
+        parse_timesteps(timesteps)
+        if timesteps is not None
+        else validate_timesteps(
+            list(base_cfg.sweep.timesteps)
+            if OmegaConf.is_list(base_cfg.sweep.timesteps)
+            else [base_cfg.sweep.timesteps]
+        )
+    )
     # The config's grid (e.g. a preset's reset=hard,soft) unless the command line fixes that axis.
     config_axes = config_grid(list(base_cfg.sweep.get("grid") or []))
     fixed = {o.partition("=")[0] for o in base}
@@ -231,8 +259,14 @@ def run_sweep_command(
     return run.path
 
 
-def sweep_points(cfg: DictConfig, point_cfgs: list[DictConfig], keys: list[str], steps: list[int],
-           overrides: list[str], run: RunDir) -> None:
+def sweep_points(
+    cfg: DictConfig,
+    point_cfgs: list[DictConfig],
+    keys: list[str],
+    steps: list[int],
+    overrides: list[str],
+    run: RunDir,
+) -> None:
     ckpt = _ensure_checkpoint(cfg, run)
     results_path = run / "results.csv"
     done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
@@ -246,34 +280,71 @@ def sweep_points(cfg: DictConfig, point_cfgs: list[DictConfig], keys: list[str],
             log.info("[%d/%d] %s: already done", index, len(keys), key)
             continue
         pipeline.adopt_checkpoint_config(point_cfg, prepared.checkpoint["config"], overrides)
-        point = pipeline.Prepared(cfg=point_cfg, data=prepared.data, ann=prepared.ann,
-                                  device=prepared.device, checkpoint=prepared.checkpoint)
+        point = pipeline.Prepared(
+            cfg=point_cfg,
+            data=prepared.data,
+            ann=prepared.ann,
+            device=prepared.device,
+            checkpoint=prepared.checkpoint,
+        )
         per_channel = bool(point_cfg.snn.per_channel)
         net = nets.get(per_channel) or nets.setdefault(per_channel, pipeline.build_snn(point))
         b = point_cfg.balance
-        cache_key = (str(b.method), float(b.scale), float(b.get("percentile", 100.0)),
-                     int(b.get("timesteps", 0) or 0), str(b.get("calib_reset", "soft")),
-                     int(b.num_images), per_channel)
+        cache_key = (
+            str(b.method),
+            float(b.scale),
+            float(b.get("percentile", 100.0)),
+            int(b.get("timesteps", 0) or 0),
+            str(b.get("calib_reset", "soft")),
+            int(b.num_images),
+            per_channel,
+        )
         if cache_key not in thresholds_cache:
             tic = time.perf_counter()
-            thresholds_cache[cache_key] = pipeline.balance(point, net, pipeline.calibration_images(point))
-            log.info("balanced thresholds (%s, scale %g) in %.1fs", b.method, float(b.scale),
-                     time.perf_counter() - tic)
+            thresholds_cache[cache_key] = pipeline.balance(
+                point, net, pipeline.calibration_images(point)
+            )
+            log.info(
+                "balanced thresholds (%s, scale %g) in %.1fs",
+                b.method,
+                float(b.scale),
+                time.perf_counter() - tic,
+            )
         net.thresholds = [t.clone() for t in thresholds_cache[cache_key]]
         result = pipeline.simulate_test(point, net, steps, desc=f"[{index}/{len(keys)}] {key}")
-        rows = [{
-            "dataset": str(point_cfg.dataset.name), "model": str(point_cfg.model.name),
-            **axis_values(point_cfg), "timesteps": r["timesteps"], "accuracy": r["accuracy"],
-            "top5": r.get("top5"), "ann_accuracy": ann_acc, "spikes_per_image": r["spikes_per_image"],
-            "synops_per_image": r["synops_per_image"], "seconds": round(result.seconds, 3),
-        } for r in result.rows()]
-        done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True) \
-            if len(done) else pd.DataFrame(rows, columns=COLUMNS)
+        rows = [
+            {
+                "dataset": str(point_cfg.dataset.name),
+                "model": str(point_cfg.model.name),
+                **axis_values(point_cfg),
+                "timesteps": r["timesteps"],
+                "accuracy": r["accuracy"],
+                "top5": r.get("top5"),
+                "ann_accuracy": ann_acc,
+                "spikes_per_image": r["spikes_per_image"],
+                "synops_per_image": r["synops_per_image"],
+                "seconds": round(result.seconds, 3),
+            }
+            for r in result.rows()
+        ]
+        done = (
+            pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+            if len(done)
+            else pd.DataFrame(rows, columns=COLUMNS)
+        )
         write_csv(results_path, done)  # atomic: an interrupted sweep keeps every finished point
         best = max(rows, key=lambda r: r["accuracy"])
-        log.info("[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)", index, len(keys), key,
-                 steps[-1], rows[-1]["accuracy"] * 100, best["accuracy"] * 100, best["timesteps"],
-                 result.seconds)
+        log.info(
+            "[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)",
+            index,
+            len(keys),
+            key,
+            steps[-1],
+            rows[-1]["accuracy"] * 100,
+            best["accuracy"] * 100,
+            best["timesteps"],
+            result.seconds,
+        )
     _finish(run, done)
 
 
@@ -282,8 +353,13 @@ def _ann_accuracy(p: pipeline.Prepared, run: RunDir) -> float:
     if path.is_file():
         return float(json.loads(path.read_text())["accuracy"])
     metrics = pipeline.ann_metrics(p)
-    atomic_write_text(path, json.dumps({"accuracy": metrics["acc"], "top5": metrics["top5"],
-                                        "loss": metrics["loss"]}, indent=2) + "\n")
+    atomic_write_text(
+        path,
+        json.dumps(
+            {"accuracy": metrics["acc"], "top5": metrics["top5"], "loss": metrics["loss"]}, indent=2
+        )
+        + "\n",
+    )
     log.info("ANN test accuracy %.2f%%", metrics["acc"] * 100)
     return float(metrics["acc"])
 

@@ -35,7 +35,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     if t.schedule not in ("cosine", "step"):
         raise RmpError(f"unknown train.schedule '{t.schedule}'; choose one of: cosine, step")
     if any(not 0 < float(m) < 1 for m in t.milestones):
-        raise RmpError(f"train.milestones must be fractions of the epochs in (0, 1), got {list(t.milestones)}")
+        raise RmpError(
+            f"train.milestones must be fractions of the epochs in (0, 1), got {list(t.milestones)}"
+        )
 
 
 def lr_factor(progress_epochs: float, cfg: DictConfig) -> float:
@@ -56,7 +58,9 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False
+) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) of the ANN over a loader."""
     model.eval()
     loss_sum, top1, top5, total = 0.0, 0, 0, 0
@@ -84,8 +88,12 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = None,
-          device: torch.device | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    run: RunDir,
+    resume_state: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
     """Train (or continue) the ANN described by cfg; returns the final metrics row.
 
     Under torchrun every rank calls this: DistributedSampler shards each epoch, gradients are
@@ -105,21 +113,32 @@ def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = No
         if cfg.model.get("batch_norm") and device.type == "cuda":  # SyncBN needs CUDA
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=float(t.lr), momentum=float(t.momentum),
-        weight_decay=float(t.weight_decay), nesterov=bool(t.nesterov),
+        model.parameters(),
+        lr=float(t.lr),
+        momentum=float(t.momentum),
+        weight_decay=float(t.weight_decay),
+        nesterov=bool(t.nesterov),
     )
     batch_size = int(cfg.dataset.batch_size) // world  # the global batch stays dataset.batch_size
     if batch_size < 1:
-        raise RmpError(f"dataset.batch_size={cfg.dataset.batch_size} is smaller than the {world} ranks")
+        raise RmpError(
+            f"dataset.batch_size={cfg.dataset.batch_size} is smaller than the {world} ranks"
+        )
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
         rows = list(resume_state["metrics"])
         start_epoch = int(resume_state["epoch"]) + 1
         log.info("resuming after epoch %d of %d", start_epoch - 1, t.epochs)
-    test_loader = make_loader(data.test, int(cfg.dataset.eval_batch_size), shuffle=False,
-                              seed=int(cfg.seed), num_workers=int(cfg.dataset.num_workers))
+    test_loader = make_loader(
+        data.test,
+        int(cfg.dataset.eval_batch_size),
+        shuffle=False,
+        seed=int(cfg.seed),
+        num_workers=int(cfg.dataset.num_workers),
+    )
     if start_epoch > int(t.epochs):
         raise RmpError(f"nothing to resume: the checkpoint already finished all {t.epochs} epochs")
     steps_per_epoch = None
@@ -129,11 +148,17 @@ def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = No
         sampler = None
         if world > 1:
             sampler = torch.utils.data.DistributedSampler(
-                data.train, num_replicas=world, rank=dist.rank(), shuffle=True, seed=int(cfg.seed))
+                data.train, num_replicas=world, rank=dist.rank(), shuffle=True, seed=int(cfg.seed)
+            )
             sampler.set_epoch(epoch)
-        train_loader = make_loader(data.train, batch_size, shuffle=sampler is None,
-                                   seed=int(cfg.seed) * 1000 + epoch, sampler=sampler,
-                                   num_workers=int(cfg.dataset.num_workers))
+        train_loader = make_loader(
+            data.train,
+            batch_size,
+            shuffle=sampler is None,
+            seed=int(cfg.seed) * 1000 + epoch,
+            sampler=sampler,
+            num_workers=int(cfg.dataset.num_workers),
+        )
         steps_per_epoch = steps_per_epoch or len(train_loader)
         tic = time.perf_counter()
         model.train()
@@ -148,7 +173,9 @@ def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = No
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=float(t.label_smoothing))
             if not torch.isfinite(loss):
-                raise RmpError(f"training diverged (loss {loss.item()}) at epoch {epoch}; lower train.lr")
+                raise RmpError(
+                    f"training diverged (loss {loss.item()}) at epoch {epoch}; lower train.lr"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
@@ -183,11 +210,20 @@ def train(cfg: DictConfig, run: RunDir, resume_state: dict[str, Any] | None = No
             "test_top5": test["top5"],
             "epoch": epoch,
         }
-        save_checkpoint(run / "last.pt", {**common, "kind": "last",
-                                          "optimizer": optimizer.state_dict(), "metrics": rows})
-        log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  (%.1fs)",
-                 epoch, t.epochs, row["train_loss"], row["train_acc"], row["test_loss"],
-                 row["test_acc"], row["seconds"])
+        save_checkpoint(
+            run / "last.pt",
+            {**common, "kind": "last", "optimizer": optimizer.state_dict(), "metrics": rows},
+        )
+        log.info(
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  (%.1fs)",
+            epoch,
+            t.epochs,
+            row["train_loss"],
+            row["train_acc"],
+            row["test_loss"],
+            row["test_acc"],
+            row["seconds"],
+        )
         if epoch == int(t.epochs):
             save_checkpoint(run / "model.pt", {**common, "kind": "model"})
         dist.barrier()

@@ -73,13 +73,19 @@ def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
 
     state = load_checkpoint(cfg.resume, kind="last")
     if state.get("kind") != "last" or "optimizer" not in state:
-        raise RmpError(f"{cfg.resume} is not a resumable checkpoint; resume= takes the last.pt of a run")
+        raise RmpError(
+            f"{cfg.resume} is not a resumable checkpoint; resume= takes the last.pt of a run"
+        )
     ckpt_cfg = state["config"]
     if conflicts := _resume_conflicts(cfg, ckpt_cfg, overrides):
-        raise RmpError(f"resume would change the run's config: {', '.join(conflicts)}; "
-                       "resume with the original settings or start a new run")
+        raise RmpError(
+            f"resume would change the run's config: {', '.join(conflicts)}; "
+            "resume with the original settings or start a new run"
+        )
     if int(state["epoch"]) >= int(ckpt_cfg.train.epochs):
-        raise RmpError(f"nothing to resume: {cfg.resume} already finished all {ckpt_cfg.train.epochs} epochs")
+        raise RmpError(
+            f"nothing to resume: {cfg.resume} already finished all {ckpt_cfg.train.epochs} epochs"
+        )
     run_path = Path(str(cfg.resume)).resolve().parent
     ckpt_cfg.resume = str(cfg.resume)
     ckpt_cfg.device, ckpt_cfg.threads = cfg.device, cfg.get("threads")
