@@ -161,7 +161,6 @@ def test_submitit_slurm_config_composes(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "rmp_cli.app",
-            "-m",
             "hydra/launcher=submitit_slurm",
             "--cfg",
             "hydra",

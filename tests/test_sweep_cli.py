@@ -42,7 +42,15 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> None:
-    proc = rmp("sweep", "--timesteps", "1,4,16,64", f"ckpt={ckpt}", "snn.reset=hard,soft", *QUICK)
+    proc = rmp(
+        "sweep",
+        "--timesteps",
+        "1,4,16,64",
+        f"ckpt={ckpt}",
+        "snn.reset=hard,soft",
+        "balance=spike_norm",
+        *QUICK,
+    )
     run = tmp_path / last_line(proc)
     df = pd.read_csv(run / "results.csv")
     assert set(df["reset"]) == {"hard", "soft"}
@@ -67,13 +75,21 @@ def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> N
 def test_one_pass_equals_separate_run(rmp, tmp_path: Path, ckpt: Path) -> None:
     """Accuracy at T=k from a sweep to K equals `rmp convert` run to exactly k steps."""
     sweep = tmp_path / last_line(
-        rmp("sweep", "--timesteps", "3,8,40", f"ckpt={ckpt}", "snn.reset=soft", *QUICK)
+        rmp(
+            "sweep",
+            "--timesteps",
+            "3,8,40",
+            f"ckpt={ckpt}",
+            "snn.reset=soft",
+            "balance=spike_norm",
+            *QUICK,
+        )
     )
     df = pd.read_csv(sweep / "results.csv").set_index("timesteps")
     for k in (3, 8):
         conv = tmp_path / last_line(rmp("convert", f"ckpt={ckpt}", f"snn.timesteps={k}", *QUICK))
         report = pd.read_json(conv / "convert.json", typ="series")
-        assert report["snn_accuracy"] == pytest.approx(df.loc[k, "accuracy"], abs=0), k
+        assert report["snn_accuracy"] == pytest.approx(df.loc[k, "accuracy"], abs=1e-9), k
         assert report["spikes_per_image"] == pytest.approx(df.loc[k, "spikes_per_image"], rel=1e-6)
 
 

@@ -43,12 +43,18 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
 
 def point_key(row: dict | pd.Series) -> str:
-    """Stable identity of a grid point (used for resuming and for labels)."""
-    return ",".join(f"{axis}={row[axis]}" for axis in AXES)
+    """Stable identity of a grid point (used for resuming and for labels). Numbers are
+    normalised so a value read back from CSV ('0', '1') names the same point as 0.0, 1.0."""
+
+    def norm(axis: str) -> str:
+        value = row[axis]
+        return repr(float(value)) if axis in ("scale", "v_init") else str(value)
+
+    return ",".join(f"{axis}={norm(axis)}" for axis in AXES)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

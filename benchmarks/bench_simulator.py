@@ -1,0 +1,298 @@
+"""Simulator throughput and peak memory: rmp vs a naive step loop vs SpikingJelly (CPU, 2 threads).
+
+Every configuration runs in its own child process so that peak resident memory (ru_maxrss) is
+not mixed between configurations. All runners use the same converted net (random weights,
+max_act thresholds on random calibration images), direct input and the accumulated output
+potential as readout; predictions are compared against rmp's.
+
+    python benchmarks/bench_simulator.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from rmp_cli.atomic import atomic_write_text
+from rmp_cli.convert import balance_thresholds, to_spiking
+from rmp_cli.convert.bn_fold import replace_submodule
+from rmp_cli.models import create_model
+from rmp_cli.snn import ChunkedRun, SpikingNet, run_batch, simulate
+
+THREADS = 2
+BATCH = 32
+RESULTS = Path(__file__).resolve().parent / "results"
+SHAPES = {"digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28)}
+METHODS = ("rmp", "naive", "sj_multistep", "sj_singlestep")
+# Images per (model, T), sized for the slowest runner on 2 shared cores (mnist_cnn runs ~100-350
+# image-steps/s there, so T=1024 gets a single batch of 4 images).
+IMAGES = {
+    ("digits_cnn", 64): 128,
+    ("digits_cnn", 1024): 16,
+    ("mnist_cnn", 64): 32,
+    ("mnist_cnn", 1024): 4,
+}
+QUICK_IMAGES = 32
+SJ_CHUNK = 32  # time-steps per multi-step SpikingJelly call (state carries over between calls)
+
+
+# --- the shared net and data ---------------------------------------------------------------------
+def build_net(model: str) -> SpikingNet:
+    """Deterministic: every child process rebuilds exactly the same net and thresholds."""
+    torch.manual_seed(0)
+    shape = SHAPES[model]
+    ann = create_model(model, num_classes=10, input_shape=shape).eval()
+    net = to_spiking(ann, reset="soft")
+    calib = torch.rand(64, *shape, generator=torch.Generator().manual_seed(1))
+    balance_thresholds(net, ann, calib, method="max_act")
+    return net
+
+
+def make_images(model: str, n: int) -> Tensor:
+    return torch.rand(n, *SHAPES[model], generator=torch.Generator().manual_seed(2))
+
+
+# --- runners: each returns the predicted class per image after T steps ---------------------------
+class PlainIF(nn.Module):
+    """Single-step soft-reset IF: m = v + I; s = m >= theta; v = m - s*theta; out = s*theta."""
+
+    def __init__(self, theta: float) -> None:
+        super().__init__()
+        self.theta = theta
+        self.v: Tensor | None = None
+
+    def forward(self, current: Tensor) -> Tensor:
+        m = current if self.v is None else self.v + current
+        s = (m >= self.theta).float()
+        self.v = m - s * self.theta
+        return s * self.theta
+
+
+class CarryTheta(nn.Module):
+    """SpikingJelly emits 0/1 spikes; the converted net's next layer expects spikes of size theta."""
+
+    def __init__(self, theta: float) -> None:
+        super().__init__()
+        self.theta = theta
+
+    def forward(self, s: Tensor) -> Tensor:
+        return s * self.theta
+
+
+def stepwise_predictions(module: nn.Module, x: Tensor, steps: int, reset: Callable) -> Tensor:
+    """One full forward per time-step, output accumulated; `reset` clears neuron state."""
+    preds = []
+    for batch in x.split(BATCH):
+        reset()
+        acc = module(batch)
+        for _ in range(steps - 1):
+            acc = acc + module(batch)
+        preds.append(acc.argmax(1))
+    return torch.cat(preds)
+
+
+def run_rmp(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
+    batches = [(b, torch.zeros(len(b), dtype=torch.long)) for b in x.split(BATCH)]
+    tic = time.perf_counter()
+    simulate(net, batches, [steps], chunk="auto", count_synops=False, topk=(1,))
+    seconds = time.perf_counter() - tic
+    # Predictions from a second, untimed pass: simulate() reports counts, not per-image classes.
+    with torch.inference_mode(), ChunkedRun(net, chunk="auto", count_synops=False) as run:
+        preds = [run_batch(run, b, [steps]).potentials[0].argmax(1) for b, _ in batches]
+    return seconds, torch.cat(preds)
+
+
+def run_naive(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
+    module = copy.deepcopy(net.module)
+    neurons = []
+    for name, n in net.named_neurons():
+        neurons.append(PlainIF(float(n.threshold)))
+        replace_submodule(module, name, neurons[-1])
+
+    def reset() -> None:
+        for n in neurons:
+            n.v = None
+
+    return timed(lambda: stepwise_predictions(module, x, steps, reset))
+
+
+def run_sj_single(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
+    from spikingjelly.activation_based import functional, neuron
+
+    module = copy.deepcopy(net.module)
+    for name, n in net.named_neurons():
+        theta = float(n.threshold)
+        node = neuron.IFNode(v_threshold=theta, v_reset=None, step_mode="s")
+        replace_submodule(module, name, nn.Sequential(node, CarryTheta(theta)))
+    return timed(
+        lambda: stepwise_predictions(module, x, steps, lambda: functional.reset_net(module))
+    )
+
+
+def run_sj_multi(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
+    """Multi-step mode: stateless layers see [T*B, ...] via SeqToANNContainer. Time is fed in
+    chunks of SJ_CHUNK steps (the neurons keep their membrane between calls), since a single
+    [T, B, ...] call at T=1024 would need gigabytes of activations."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    module = copy.deepcopy(net.module)
+    neuron_names = set(net.neuron_names)
+    for name, n in net.named_neurons():
+        theta = float(n.threshold)
+        node = neuron.IFNode(v_threshold=theta, v_reset=None, step_mode="m")
+        replace_submodule(module, name, nn.Sequential(node, CarryTheta(theta)))
+    for name, m in list(net.module.named_modules()):
+        if name and name not in neuron_names and not list(m.children()):
+            replace_submodule(module, name, layer.SeqToANNContainer(copy.deepcopy(m)))
+
+    def predict() -> Tensor:
+        preds = []
+        for batch in x.split(BATCH):
+            functional.reset_net(module)
+            acc = torch.zeros(())
+            for t0 in range(0, steps, SJ_CHUNK):
+                tc = min(SJ_CHUNK, steps - t0)
+                acc = acc + module(batch.unsqueeze(0).expand(tc, *batch.shape)).sum(0)
+            preds.append(acc.argmax(1))
+        return torch.cat(preds)
+
+    return timed(predict)
+
+
+def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
+    with torch.inference_mode():
+        tic = time.perf_counter()
+        preds = fn()
+        return time.perf_counter() - tic, preds
+
+
+RUNNERS = {
+    "rmp": run_rmp,
+    "naive": run_naive,
+    "sj_multistep": run_sj_multi,
+    "sj_singlestep": run_sj_single,
+}
+
+
+def sj_available() -> bool:
+    try:
+        import spikingjelly.activation_based  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- child: one configuration --------------------------------------------------------------------
+def rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def child(model: str, method: str, steps: int, n: int) -> dict:
+    torch.set_num_threads(THREADS)
+    net = build_net(model)
+    x = make_images(model, n)
+    RUNNERS[method](net, x[:BATCH], 2)  # warm-up: first-call allocations, kernel selection
+    base = rss_mb()
+    seconds, preds = RUNNERS[method](net, x, steps)
+    return {
+        "seconds": seconds,
+        "image_steps_per_s": n * steps / seconds,
+        "peak_rss_mb": rss_mb(),
+        "baseline_rss_mb": base,
+        "predictions": preds.tolist(),
+    }
+
+
+# --- parent: every configuration in its own process ----------------------------------------------
+def run_config(model: str, method: str, steps: int, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", model, method, str(steps), str(n)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{model}/{method}/T={steps} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | T | runner | images | seconds | image-steps/s | peak RSS MB | agreement |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['timesteps']} | {r['runner']} | {r['images']} | "
+            f"{r['seconds']:.2f} | {r['image_steps_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['agreement']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T=64 only, tiny sizes (smoke run)")
+    parser.add_argument("--child", nargs=4, metavar=("MODEL", "RUNNER", "T", "N"), help="internal")
+    args = parser.parse_args()
+    if args.child:
+        model, method, steps, n = args.child
+        print(json.dumps(child(model, method, int(steps), int(n))))
+        return
+
+    methods = [m for m in METHODS if sj_available() or not m.startswith("sj_")]
+    if len(methods) < len(METHODS):
+        print("spikingjelly not importable: skipping its runners", file=sys.stderr)
+    timesteps = [64] if args.quick else [64, 1024]
+    rows = []
+    for model in SHAPES:
+        for steps in timesteps:
+            n = QUICK_IMAGES if args.quick else IMAGES[(model, steps)]
+            results = {m: run_config(model, m, steps, n) for m in methods}
+            reference = results["rmp"]["predictions"]
+            for method, res in results.items():
+                preds = res.pop("predictions")
+                agree = sum(a == b for a, b in zip(preds, reference, strict=True)) / n
+                rows.append(
+                    {"model": model, "timesteps": steps, "runner": method, "images": n}
+                    | res
+                    | {"agreement": agree}
+                )
+                print(f"{model} T={steps} {method}: {res['image_steps_per_s']:,.0f} img-steps/s")
+
+    report = {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "threads": THREADS,
+        },
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "batch_size": BATCH,
+        "quick": args.quick,
+        "note": "agreement = fraction of images whose prediction equals rmp's",
+        "results": rows,
+    }
+    table = markdown(rows)
+    suffix = "_quick" if args.quick else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"simulator{suffix}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"simulator{suffix}.md", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
