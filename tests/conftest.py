@@ -14,27 +14,30 @@ import pytest
 FAST_TRAIN = ["train.epochs=3", "threads=1"]
 
 
+def run_rmp(
+    cwd: Path, *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run `rmp ARGS` with CI=true (quiet) in cwd; check=True turns a failure into its stderr."""
+    env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmp_cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
 @pytest.fixture
 def rmp(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """rmp(*args) -> CompletedProcess, run with CI=true (quiet) in tmp_path."""
-
-    def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = {**os.environ, "CI": "true", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run(
-            [sys.executable, "-m", "rmp_cli", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-            )
-        return proc
-
-    return run
+    """rmp(*args) -> CompletedProcess, run in tmp_path."""
+    return lambda *args, **kw: run_rmp(tmp_path, *args, **kw)
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:

@@ -12,32 +12,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_TRAIN, assert_clean_error, last_line
+from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
 
 pytestmark = pytest.mark.slow
 
 QUICK = ["threads=1", "balance.num_images=64", "balance.timesteps=64", "dataset.subset=120"]
 
 
-def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rmp_cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode:
-        raise AssertionError(proc.stderr[-3000:])
-    return proc
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("ann")
-    run = cwd / last_line(_run(["train", *FAST_TRAIN, "train.epochs=8"], cwd))
+    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "train.epochs=8"))
     return run / "model.pt"
 
 
