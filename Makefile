@@ -12,9 +12,11 @@ else
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 endif
 FMNIST_PKG := /usr/share/datasets/fashion-mnist
+CIFAR10_ARCHIVES ?= ../shared/data/cifar10-jpg
+CIFAR10_DIR      ?= data/cifar10-jpg
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench fmnist-data clean
+.PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +52,9 @@ bench: setup ## Simulator speed and memory benchmark (writes benchmarks/results/
 
 fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
 	@test -d $(FMNIST_PKG) || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
+
+cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHIVES) into CIFAR10_DIR
+	@test -d $(CIFAR10_DIR)/train || $(RMP) unpack-cifar10 $(CIFAR10_ARCHIVES) $(CIFAR10_DIR)
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -53,3 +53,35 @@ def test_config_dir_env_override(tmp_path, monkeypatch) -> None:
     assert config_dir() != tmp_path  # no config.yaml there: falls back to the real one
     (tmp_path / "config.yaml").write_text("seed: 1\n")
     assert config_dir() == tmp_path
+
+
+@pytest.mark.parametrize("preset", group_choices("experiment"))
+def test_every_preset_sweep_grid_composes_into_valid_points(preset: str) -> None:
+    from rmp_cli.pipeline import validate_snn_config
+    from rmp_cli.sweep import config_grid, config_variants, grid_points
+
+    base = [f"experiment={preset}"]
+    cfg = compose_config(base)
+    variants = config_variants(cfg.sweep.get("variants"))
+    points = grid_points(base, config_grid(list(cfg.sweep.grid)), variants)
+    for point in points:
+        point_cfg = compose_config(point)
+        validate_snn_config(point_cfg)
+        if point_cfg.balance.method == "trained":
+            assert point_cfg.model.activation in ("clip", "qcfs"), point
+
+
+def test_lowlatency_preset_runs_every_method_with_both_initial_potentials() -> None:
+    from rmp_cli.sweep import config_grid, config_variants, grid_points
+
+    base = ["experiment=fashion_mnist_lowlatency"]
+    cfg = compose_config(base)
+    combos = set()
+    for point in grid_points(
+        base, config_grid(list(cfg.sweep.grid)), config_variants(cfg.sweep.variants)
+    ):
+        c = compose_config(point)
+        combos.add((c.model.activation, c.balance.method, c.snn.v_init))
+    methods = {("relu", "spike_norm"), ("relu", "rmp"), ("relu", "mse"), ("clip", "trained")}
+    methods.add(("qcfs", "trained"))
+    assert combos == {(a, m, v) for a, m in methods for v in (0.0, 0.5)}

@@ -574,6 +574,16 @@ def test_unpack_archives_refuses_a_wrong_checksum(tmp_path: Path) -> None:
         unpack_cifar10_archives(archives, tmp_path / "out")
 
 
+def test_unpack_command_prints_the_dataset_root_and_errors_cleanly(rmp, tmp_path: Path) -> None:
+    from tests.conftest import assert_clean_error, last_line
+
+    make_archives(tmp_path / "archives")
+    assert last_line(rmp("unpack-cifar10", "archives", "cifar")) == str(Path("cifar"))
+    assert (tmp_path / "cifar" / "test" / "cat" / "0000.jpg").is_file()
+    assert_clean_error(rmp("unpack-cifar10", "archives", "cifar", check=False), "already exist")
+    assert_clean_error(rmp("unpack-cifar10", "nowhere", "x", check=False), "SHA256SUMS is missing")
+
+
 # --- ImageNet folders -------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ REFERENCE_SHAPES = {
     "digits_cnn": (1, 8, 8),
     "mnist_cnn": (1, 28, 28),
     "vgg16": (3, 32, 32),
+    "vgg11": (3, 32, 32),
     "resnet20": (3, 32, 32),
     "resnet34": (3, 224, 224),
 }
@@ -41,10 +42,18 @@ SMALL = {
     "mnist_cnn": ((1, 28, 28), 0.25),
     "vgg16": ((3, 32, 32), 0.0625),
     "vgg16-imagenet": ((3, 112, 112), 0.0625),
+    "vgg11": ((3, 32, 32), 0.0625),
     "resnet20": ((3, 16, 16), 0.5),
     "resnet34": ((3, 32, 32), 0.0625),
 }
-ACTIVATION_COUNT = {"digits_cnn": 3, "mnist_cnn": 5, "vgg16": 15, "resnet20": 19, "resnet34": 33}
+ACTIVATION_COUNT = {
+    "digits_cnn": 3,
+    "mnist_cnn": 5,
+    "vgg16": 15,
+    "vgg11": 10,
+    "resnet20": 19,
+    "resnet34": 33,
+}
 ACTIVATION_TYPES = (nn.ReLU, ClipReLU, QCFS)
 LINEAR_PASS = (
     nn.Identity,
@@ -147,6 +156,8 @@ EXPECTED_PARAMS = {
     ("digits_cnn", False): 25_744,
     ("mnist_cnn", False): 201_248,
     ("vgg16", False): 39_917_248,
+    # 9,217,728 conv + 2048*4096 + 4096*4096 + 4096*10 classifier weights
+    ("vgg11", False): 34_424_512,
     ("resnet20", False): 270_896,
     ("resnet20", True): 272_474,
     ("resnet34", False): 21_779_648,
@@ -367,7 +378,10 @@ def test_make_activation_returns_fresh_modules_with_scalar_ceilings() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "vgg19"}, "choose one of: digits_cnn, mnist_cnn, resnet20, resnet34, vgg16"),
+        (
+            {"name": "vgg19"},
+            "choose one of: digits_cnn, mnist_cnn, resnet20, resnet34, vgg11, vgg16",
+        ),
         ({"pool": "median"}, "choose one of: avg, max"),
         ({"activation": "gelu"}, "choose one of: relu, clip, qcfs"),
         ({"name": "vgg16"}, "at least 16x16"),

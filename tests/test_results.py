@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rmp_cli.results import COLUMNS, headline, summarize
+from rmp_cli.results import COLUMNS, headline, read_results, summarize, summary_markdown
 
 
 def table(curves: dict[str, list[float]], ts: list[int], ann: float = 0.9) -> pd.DataFrame:
@@ -19,6 +19,7 @@ def table(curves: dict[str, list[float]], ts: list[int], ann: float = 0.9) -> pd
                     "scale": 1.0,
                     "v_init": 0.0,
                     "encoding": "direct",
+                    "activation": "relu",
                     "timesteps": t,
                     "accuracy": acc,
                     "top5": None,
@@ -67,3 +68,21 @@ def test_headline_paper_pairing() -> None:
     lines = headline(pd.concat([hard, soft]))
     assert len(lines) == 1  # no like-for-like pair, one paper pairing
     assert "paper pairing" in lines[0] and "at T=2" in lines[0] and "8x fewer" in lines[0]
+
+
+def test_tables_written_before_the_activation_axis_read_as_relu(tmp_path) -> None:
+    old = table({"hard": [0.1] * 6, "soft": [0.2] * 6}, TS).drop(columns="activation")
+    old.to_csv(tmp_path / "results.csv", index=False)
+    df = read_results(tmp_path / "results.csv")
+    assert set(df["activation"]) == {"relu"}
+    assert len(summarize(old)) == 2
+
+
+def test_summary_names_each_activation_and_its_ann() -> None:
+    relu = table({"soft": [0.5] * 6}, TS, ann=0.9)
+    qcfs = table({"soft": [0.7] * 6}, TS, ann=0.8).assign(activation="qcfs", balance="trained")
+    summary = summarize(pd.concat([relu, qcfs]))
+    text = summary_markdown(summary, [])
+    assert "ANN accuracy: 90.00% (relu), 80.00% (qcfs)" in text
+    assert "| qcfs | soft | trained |" in text
+    assert list(summary["loss_at_max_t"].round(6)) == [0.4, 0.1]

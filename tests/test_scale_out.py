@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -184,3 +185,50 @@ def test_submitit_local_executor_runs_a_job(tmp_path: Path, ckpt: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "multi").glob("*/results.csv"))
     assert len(results) == 2
+
+
+def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_path: Path) -> None:
+    ckpt = tmp_path / last_line(rmp("train", "train.epochs=3", "threads=1", "run_dir=ann"))
+    args = [
+        "sweep",
+        f"ckpt={ckpt / 'model.pt'}",
+        "threads=1",
+        "balance.num_images=64",
+        "balance.timesteps=32",
+        "--timesteps",
+        "1,4,16",
+        "sweep.grid=['snn.reset=hard,soft']",
+    ]
+    single = tmp_path / last_line(rmp(*args, "run_dir=single"))
+    proc = subprocess.run(
+        _torchrun(*args, "run_dir=sharded"),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "sharded"  # printed once, by rank 0
+    counted = ["timesteps", "accuracy", "spikes_per_image", "synops_per_image", "ann_accuracy"]
+    a = pd.read_csv(single / "results.csv")[["reset", *counted]]
+    b = pd.read_csv(tmp_path / "sharded" / "results.csv")[["reset", *counted]]
+    assert len(b) == 6  # one writer: no duplicated rows
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # rmp convert shards the same way: the same accuracy as one process, one run dir.
+    convert = ["convert", f"ckpt={ckpt / 'model.pt'}", "threads=1", "snn.timesteps=8"]
+    one = json.loads(
+        (tmp_path / last_line(rmp(*convert, "run_dir=c1")) / "convert.json").read_text()
+    )
+    proc = subprocess.run(
+        _torchrun(*convert, "run_dir=c2"),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "c2" / "convert.json").read_text())
+    assert (two["snn_accuracy"], two["num_images"]) == (one["snn_accuracy"], one["num_images"])
+    assert two["spikes_per_image"] == one["spikes_per_image"]

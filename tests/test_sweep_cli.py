@@ -124,6 +124,8 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
         (["snn.reset=hard,medium"], "snn.reset"),
         (["balance=spike_norm,nope"], "choose one of"),
         (["train.epochs=1,2"], "grid only on"),
+        (["balance=trained"], "balance=trained reads the ceilings"),
+        (["sweep.variants=[['train.epochs=3']]"], "sweep.variants entry"),
     ],
 )
 def test_bad_sweep_input(rmp, tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -146,3 +148,30 @@ def test_bad_convert_input(rmp, tmp_path: Path, ckpt: Path) -> None:
         "percentile",
     )
     assert not (tmp_path / "outputs").exists()
+
+
+def test_variants_train_one_ann_per_activation(rmp, tmp_path: Path) -> None:
+    """A low-latency sweep in one run dir: relu + mse next to qcfs + trained ceilings."""
+    variants = "[['balance=mse','balance.timesteps=4'],['model.activation=qcfs','balance=trained']]"
+    run = tmp_path / last_line(
+        rmp(
+            "sweep",
+            *FAST_TRAIN,
+            "--timesteps",
+            "1,2,4",
+            "sweep.grid=['snn.v_init=0.0,0.5']",
+            f"sweep.variants={variants}",
+        )
+    )
+    assert (run / "ann" / "model.pt").is_file() and (run / "ann-qcfs-L8" / "model.pt").is_file()
+    df = pd.read_csv(run / "results.csv")
+    points = df.groupby(["activation", "balance", "v_init"]).size()
+    assert dict(points) == {
+        ("qcfs", "trained", 0.0): 3,
+        ("qcfs", "trained", 0.5): 3,
+        ("relu", "mse", 0.0): 3,
+        ("relu", "mse", 0.5): 3,
+    }
+    anns = df.groupby("activation")["ann_accuracy"].first()
+    assert anns["qcfs"] != anns["relu"]  # each variant scored against its own ANN
+    assert "| activation |" in (run / "summary.md").read_text()

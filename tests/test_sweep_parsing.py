@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from rmp_cli.errors import RmpError
-from rmp_cli.sweep import grid_points, parse_timesteps, split_grid, validate_timesteps
+from rmp_cli.sweep import (
+    config_variants,
+    grid_points,
+    parse_timesteps,
+    split_grid,
+    validate_timesteps,
+)
 
 
 def test_comma_list_sorted() -> None:
@@ -59,3 +65,31 @@ def test_comma_on_non_axis_refused() -> None:
 def test_repeated_grid_value_refused() -> None:
     with pytest.raises(RmpError, match="repeated"):
         split_grid(["snn.reset=soft,soft"])
+
+
+def test_variants_cross_the_grid_variant_major() -> None:
+    variants = config_variants(
+        [["balance=mse", "balance.timesteps=16"], ["model.activation=qcfs", "balance=trained"]]
+    )
+    points = grid_points(["seed=1"], {"snn.v_init": ["0.0", "0.5"]}, variants)
+    assert points == [
+        ["seed=1", "balance=mse", "balance.timesteps=16", "snn.v_init=0.0"],
+        ["seed=1", "balance=mse", "balance.timesteps=16", "snn.v_init=0.5"],
+        ["seed=1", "model.activation=qcfs", "balance=trained", "snn.v_init=0.0"],
+        ["seed=1", "model.activation=qcfs", "balance=trained", "snn.v_init=0.5"],
+    ]
+    assert config_variants([]) == [[]] and config_variants(None) == [[]]
+    assert config_variants(["balance=rmp"]) == [["balance=rmp"]]
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        (["train.epochs=3"], "under model, balance, snn"),
+        (["balance=rmp,mse"], "one value"),
+        (["balance"], "KEY=VALUE"),
+    ],
+)
+def test_bad_variants_refused(entry: list[str], fragment: str) -> None:
+    with pytest.raises(RmpError, match=fragment):
+        config_variants([entry])

@@ -179,5 +179,17 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
         click.echo(str(path))
 
 
+@main.command("unpack-cifar10")
+@click.argument("archive_dir", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@friendly_errors
+def unpack_cifar10(archive_dir: Path, dest: Path) -> None:
+    """Verify ARCHIVE_DIR/{train,test}.tar.xz against its SHA256SUMS and unpack them into
+    DEST/train and DEST/test (the image-folder form: dataset=cifar10 dataset.root=DEST)."""
+    from rmp_cli.data import unpack_cifar10_archives
+
+    click.echo(str(unpack_cifar10_archives(archive_dir, dest)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,11 +11,14 @@ from pathlib import Path
 import click
 from omegaconf import DictConfig
 
+from rmp_cli import distributed as dist
 from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
 from rmp_cli.errors import RmpError
 from rmp_cli.rundir import create_run_dir, log
+from rmp_cli.runtime import resolve_device
+from rmp_cli.train_command import on_main
 
 
 def threshold_rows(names: list[str], thresholds: list, method: str) -> list[dict]:
@@ -45,13 +48,21 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
     timesteps = cfg.snn.timesteps
     if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
         raise RmpError(f"snn.timesteps must be a positive integer, got {timesteps}")
-    prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
-    run = create_run_dir("convert", cfg, overrides)
+    # Under torchrun each rank simulates its shard of the test set; rank 0 writes.
+    device = dist.init_from_env(resolve_device(cfg.device))
     try:
-        return _convert(prepared, run.path, timesteps)
-    except BaseException:
-        run.discard_if_empty_run()
-        raise
+        if dist.world_size() > 1:
+            cfg.device = str(device)
+        prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
+        run = on_main(lambda: create_run_dir("convert", cfg, overrides))
+        try:
+            return _convert(prepared, run.path, timesteps)
+        except BaseException:
+            if dist.is_main():
+                run.discard_if_empty_run()
+            raise
+    finally:
+        dist.shutdown()
 
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
@@ -61,19 +72,22 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     tic = time.perf_counter()
     thresholds = pipeline.balance(p, net, pipeline.calibration_images(p))
     balance_seconds = time.perf_counter() - tic
-    rows = threshold_rows(net.neuron_names, thresholds, str(cfg.balance.method))
-    write_thresholds_csv(run_path / "thresholds.csv", rows)
-    atomic_torch_save(
-        run_path / "snn.pt",
-        {
-            "format": "rmp-snn-v1",
-            "thresholds": [t.cpu() for t in thresholds],
-            "neuron_names": net.neuron_names,
-            "config": to_container(cfg),
-            "ckpt": str(p.checkpoint["path"]),
-        },
-    )
+    if dist.is_main():
+        rows = threshold_rows(net.neuron_names, thresholds, str(cfg.balance.method))
+        write_thresholds_csv(run_path / "thresholds.csv", rows)
+        atomic_torch_save(
+            run_path / "snn.pt",
+            {
+                "format": "rmp-snn-v1",
+                "thresholds": [t.cpu() for t in thresholds],
+                "neuron_names": net.neuron_names,
+                "config": to_container(cfg),
+                "ckpt": str(p.checkpoint["path"]),
+            },
+        )
     result = pipeline.simulate_test(p, net, [timesteps], desc=f"simulate T={timesteps}")
+    if not dist.is_main():
+        return run_path
     snn_row = result.rows()[-1]
     report = {
         "ann_accuracy": ann["acc"],

@@ -48,6 +48,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's value, in rank order, on every rank."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if world_size() == 1:
         return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,13 +10,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import Subset
 
+from rmp_cli import distributed as dist
 from rmp_cli.checkpoint import check_same_model, load_checkpoint, load_model
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.data import DataBundle, build_data, make_loader
 from rmp_cli.errors import RmpError
 from rmp_cli.runtime import progress, resolve_device
 from rmp_cli.snn import SimResult, SpikingNet, simulate
+from rmp_cli.snn.simulator import PRECISIONS
 from rmp_cli.train import evaluate
 
 RESETS = ("hard", "soft")
@@ -54,6 +58,10 @@ def validate_snn_config(cfg: DictConfig) -> None:
     if snn.encoding not in ENCODINGS:
         raise RmpError(
             f"unknown snn.encoding '{snn.encoding}'; choose one of: {', '.join(ENCODINGS)}"
+        )
+    if snn.get("precision", "fp32") not in PRECISIONS:
+        raise RmpError(
+            f"unknown snn.precision '{snn.precision}'; choose one of: {', '.join(PRECISIONS)}"
         )
     if snn.readout not in READOUTS:
         raise RmpError(f"unknown snn.readout '{snn.readout}'; choose one of: {', '.join(READOUTS)}")
@@ -142,16 +150,22 @@ def balance(p: Prepared, net: SpikingNet, calib: torch.Tensor) -> list[torch.Ten
         per_channel=bool(p.cfg.snn.per_channel),
         device=str(p.device),
         chunk=chunk_size(p.cfg),
+        shift=float(p.cfg.snn.v_init),  # mse: the approximation the SNN will actually make
     )
 
 
 def simulate_test(
     p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, desc: str
 ) -> SimResult:
+    """Simulate the test set; under torchrun each rank takes every world-th image and the exact
+    integer counts are summed (with direct input the result equals one process's)."""
     snn = p.cfg.snn
     net.reset_mode = str(snn.reset)
     net.v_init = float(snn.v_init)
-    loader = make_loader(p.data.test, int(snn.batch_size), shuffle=False, seed=0)
+    world, test = dist.world_size(), p.data.test
+    if world > 1:
+        test = Subset(test, range(dist.rank(), len(test), world))
+    loader = make_loader(test, int(snn.batch_size), shuffle=False, seed=0)
     bar = progress(range(len(loader)), desc=desc)
     ticker = iter(bar)
 
@@ -169,7 +183,13 @@ def simulate_test(
         seed=int(p.cfg.seed),
         readout=str(snn.readout),
         progress=tick,
+        precision=str(snn.get("precision", "fp32")),
     )
     if hasattr(bar, "close"):
         bar.close()
+    if world > 1:
+        parts = dist.all_gather_object(result)
+        merged = functools.reduce(SimResult.merge, parts)
+        merged.seconds = max(part.seconds for part in parts)  # wall time, not the ranks' sum
+        return merged
     return result

@@ -42,14 +42,17 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
                 color=line.get_color(),
                 label=label,
             )
-        ann = float(df["ann_accuracy"].iloc[0]) * 100
-        ax_acc.axhline(
-            ann,
-            ls="--",
-            color="black" if len(runs) == 1 else "gray",
-            lw=1,
-            label=f"{prefix + ' ' if prefix else ''}ANN {ann:.2f}%",
-        )
+        # One dashed ANN line per trained network (a sweep over activations holds several).
+        for activation, group in df.groupby("activation", sort=False):
+            ann = float(group["ann_accuracy"].iloc[0]) * 100
+            which = f" ({activation})" if df["activation"].nunique() > 1 else ""
+            ax_acc.axhline(
+                ann,
+                ls="--",
+                color="black" if len(runs) == 1 and not which else "gray",
+                lw=1,
+                label=f"{prefix + ' ' if prefix else ''}ANN{which} {ann:.2f}%",
+            )
     first = all_df.iloc[0]
     for ax in (ax_acc, ax_spk):
         ax.set_xscale("log", base=2)

@@ -11,7 +11,9 @@ import pandas as pd
 from rmp_cli.atomic import atomic_write_text
 from rmp_cli.errors import RmpError
 
-AXES = ("reset", "balance", "scale", "v_init", "encoding")
+AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation")
+# Columns added after the first release, with the value older results.csv files implied.
+LATER_AXES = {"activation": "relu"}
 COLUMNS = (
     "dataset",
     "model",
@@ -36,10 +38,17 @@ def read_results(path: Path) -> pd.DataFrame:
         raise RmpError(
             f"{path} is not a readable results table ({str(exc).splitlines()[0]})"
         ) from None
+    df = with_implied_axes(df)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
     return df
+
+
+def with_implied_axes(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the axes that tables written before them lack, with the value they implied."""
+    missing = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
+    return df.assign(**missing) if missing else df
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -61,6 +70,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per grid point: best accuracy and the first T reaching it, loss vs the ANN at the largest T,
     and the first T within 1 point of the ANN."""
     rows = []
+    df = with_implied_axes(df)
     for _, group in df.groupby(list(AXES), sort=False):
         group = group.sort_values("timesteps")
         first = group.iloc[0]
@@ -106,6 +116,7 @@ def headline(df: pd.DataFrame) -> list[str]:
     equal), and the paper's own pairing: soft reset + rmp thresholds against hard reset +
     spike_norm at scale 1 (Sengupta 2019), at equal v_init and encoding."""
     others = [a for a in AXES if a != "reset"]
+    df = with_implied_axes(df)
     lines = []
     for values, group in df.groupby(others, sort=False):
         hard, soft = group[group["reset"] == "hard"], group[group["reset"] == "soft"]
@@ -115,7 +126,8 @@ def headline(df: pd.DataFrame) -> list[str]:
                     hard, soft, ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=True))
                 )
             )
-    for (v_init, encoding), group in df.groupby(["v_init", "encoding"], sort=False):
+    pairing_axes = ["v_init", "encoding", "activation"]
+    for (v_init, encoding, _act), group in df.groupby(pairing_axes, sort=False):
         hard = group[
             (group["reset"] == "hard")
             & (group["balance"] == "spike_norm")
@@ -144,20 +156,32 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))
 
     out = io.StringIO()
+    several = len(summary) and summary["activation"].nunique() > 1
     if len(summary):
         first = summary.iloc[0]
         out.write(f"# Sweep summary: {first['dataset']} / {first['model']}\n\n")
-        out.write(f"ANN accuracy: {pct(first['ann_accuracy'])}%\n\n")
+        anns = summary.drop_duplicates("activation")
+        out.write(
+            "ANN accuracy: "
+            + ", ".join(
+                f"{pct(r['ann_accuracy'])}%" + (f" ({r['activation']})" if several else "")
+                for _, r in anns.iterrows()
+            )
+            + "\n\n"
+        )
+    act_head, act_rule = ("activation | ", "---|") if several else ("", "")
     out.write(
-        "| reset | balance | scale | v_init | encoding | best acc % | first T at best "
+        f"| {act_head}reset | balance | scale | v_init | encoding | best acc % | first T at best "
         "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN |\n"
     )
-    out.write("|---|---|---|---|---|---|---|---|---|---|\n")
+    out.write(f"|{act_rule}---|---|---|---|---|---|---|---|---|---|\n")
     for _, r in summary.iterrows():
+        act = f"{r['activation']} | " if several else ""
         out.write(
-            f"| {r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} | {r['encoding']} "
-            f"| {pct(r['best_accuracy'])} | {t(r['first_t_best'])} | {pct(r['accuracy_at_max_t'])} "
-            f"| {r['loss_at_max_t'] * 100:.2f} | {t(r['first_t_within_1pt'])} |\n"
+            f"| {act}{r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} "
+            f"| {r['encoding']} | {pct(r['best_accuracy'])} | {t(r['first_t_best'])} "
+            f"| {pct(r['accuracy_at_max_t'])} | {r['loss_at_max_t'] * 100:.2f} "
+            f"| {t(r['first_t_within_1pt'])} |\n"
         )
     if lines:
         out.write("\n## Soft vs hard reset\n\n")

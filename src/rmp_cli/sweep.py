@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,16 +15,21 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from rmp_cli import distributed as dist
 from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
-from rmp_cli.results import AXES, COLUMNS, point_key, write_csv, write_summary
+from rmp_cli.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
 from rmp_cli.rundir import RunDir, create_run_dir, log
+from rmp_cli.runtime import resolve_device
+from rmp_cli.train_command import on_main
 
 # Override keys whose comma lists make a grid; anything else with a comma is refused.
 GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
+# sweep.variants may set these config groups (model.* selects another ANN, trained per variant).
+VARIANT_GROUPS = ("model", "balance", "snn")
 MANIFEST = "sweep.json"
 MAX_TIMESTEPS = 1 << 20
 _POW2_RANGE = re.compile(r"^2\^(\d+)\.\.2\^(\d+)$")
@@ -115,12 +121,34 @@ def config_grid(entries: Sequence[str]) -> dict[str, list[str]]:
     return axes
 
 
-def grid_points(base: list[str], axes: dict[str, list[str]]) -> list[list[str]]:
+def config_variants(entries: Any) -> list[list[str]]:
+    """sweep.variants: a list of override lists, each crossed with the grid (e.g. the trained
+    activations, which need their own ANN and balance=trained). Empty = one plain variant."""
+    if not entries:
+        return [[]]
+    variants = []
+    for entry in entries:
+        overrides = [str(entry)] if isinstance(entry, str) else [str(o) for o in entry]
+        for override in overrides:
+            key, sep, value = override.partition("=")
+            if not sep or _top_level_comma(value) or key.split(".")[0] not in VARIANT_GROUPS:
+                raise RmpError(
+                    f"sweep.variants entry '{override}' must be KEY=VALUE (one value) with KEY "
+                    f"under {', '.join(VARIANT_GROUPS)}"
+                )
+        variants.append(overrides)
+    return variants
+
+
+def grid_points(
+    base: list[str], axes: dict[str, list[str]], variants: Sequence[list[str]] = ((),)
+) -> list[list[str]]:
     keys = list(axes)
-    return [
-        base + [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+    combos = [
+        [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
         for combo in itertools.product(*(axes[k] for k in keys))
-    ] or [base]
+    ] or [[]]
+    return [base + list(variant) + combo for variant in variants for combo in combos]
 
 
 def axis_values(cfg: DictConfig) -> dict[str, Any]:
@@ -130,6 +158,7 @@ def axis_values(cfg: DictConfig) -> dict[str, Any]:
         "scale": float(cfg.balance.scale),
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
+        "activation": str(cfg.model.get("activation", "relu")),
     }
 
 
@@ -194,13 +223,36 @@ class RunLock:
 # --- the sweep ----------------------------------------------------------------------------
 
 
-def _ensure_checkpoint(cfg: DictConfig, run: RunDir) -> str:
-    """Reuse ckpt=, else train the ANN into RUN/ann (resuming a half-finished training)."""
+def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, list[int]]:
+    """Grid points by the ANN they need: 'ann' for the base model, 'ann-<activation>[-L<levels>]'
+    for a variant's other model (each trained into its own folder of the run dir)."""
+    groups: dict[str, list[int]] = {}
+    models: dict[str, str] = {}
+    for index, point_cfg in enumerate(point_cfgs):
+        model = OmegaConf.to_yaml(point_cfg.model)
+        if model == OmegaConf.to_yaml(cfg.model):
+            name = "ann"
+        else:
+            m = point_cfg.model
+            name = f"ann-{m.activation}" + (f"-L{m.act_levels}" if m.activation == "qcfs" else "")
+        if models.setdefault(name, model) != model:
+            raise RmpError(f"sweep.variants give two different models the name {name}")
+        groups.setdefault(name, []).append(index)
+    if cfg.get("ckpt") and set(groups) != {"ann"}:
+        raise RmpError(
+            "sweep.variants change the model, so each variant trains its own ANN; drop ckpt= "
+            "or the model.* overrides of sweep.variants"
+        )
+    return groups
+
+
+def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str:
+    """Reuse ckpt=, else train the ANN into RUN/<name> (resuming a half-finished training)."""
     if cfg.get("ckpt"):
         return str(cfg.ckpt)
     from rmp_cli.train import train
 
-    ann_dir = run.path / "ann"
+    ann_dir = run.path / name
     if (ann_dir / "model.pt").is_file():
         log.info("using the ANN trained earlier in this sweep: %s", ann_dir / "model.pt")
         return str(ann_dir / "model.pt")
@@ -241,21 +293,39 @@ def run_sweep_command(
     fixed = {o.partition("=")[0] for o in base}
     axes = {**{k: v for k, v in config_axes.items() if k not in fixed}, **cli_axes}
     # Compose and validate every grid point before anything is written.
-    point_cfgs = [compose_config(p) for p in grid_points(base, axes)]
+    variants = config_variants(base_cfg.sweep.get("variants"))
+    point_cfgs = [compose_config(p) for p in grid_points(base, axes, variants)]
     for point_cfg in point_cfgs:
         point_cfg.sweep.timesteps = steps
         pipeline.validate_snn_config(point_cfg)
+    if not base_cfg.get("ckpt"):
+        for point_cfg in point_cfgs:
+            if point_cfg.balance.method == "trained" and point_cfg.model.activation == "relu":
+                raise RmpError(
+                    "balance=trained reads the ceilings of model.activation=clip or qcfs; "
+                    "the model uses relu"
+                )
     cfg = point_cfgs[0]
     keys = [point_key(axis_values(c)) for c in point_cfgs]
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
-    run = _open_run(cfg, overrides, _manifest(cfg, steps, keys))
+    # Under torchrun every rank runs the grid on its shard of the test set; rank 0 writes.
+    device = dist.init_from_env(resolve_device(cfg.device))
     try:
-        with RunLock(run.path):
-            sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
-    except BaseException:
-        run.discard_if_empty_run()
-        raise
+        if dist.world_size() > 1:
+            for point_cfg in point_cfgs:
+                point_cfg.device = str(device)
+        manifest = _manifest(cfg, steps, keys)
+        run = on_main(lambda: _open_run(cfg, overrides, manifest))
+        try:
+            with RunLock(run.path) if dist.is_main() else contextlib.nullcontext():
+                sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
+        except BaseException:
+            if dist.is_main():
+                run.discard_if_empty_run()
+            raise
+    finally:
+        dist.shutdown()
     return run.path
 
 
@@ -267,18 +337,40 @@ def sweep_points(
     overrides: list[str],
     run: RunDir,
 ) -> None:
-    ckpt = _ensure_checkpoint(cfg, run)
     results_path = run / "results.csv"
-    done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
-    finished = {point_key(r) for _, r in done.iterrows()}
-    prepared = pipeline.prepare(point_cfgs[0], overrides, ckpt)
-    ann_acc = _ann_accuracy(prepared, run)
+    done = read_results(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
+    finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()})
+    for name, indices in _model_groups(cfg, point_cfgs).items():
+        todo = [i for i in indices if keys[i] not in finished]
+        for i in indices:
+            if keys[i] in finished:
+                log.info("[%d/%d] %s: already done", i + 1, len(keys), keys[i])
+        if todo:
+            done = _sweep_model(name, point_cfgs, keys, todo, steps, overrides, run, done)
+    if dist.is_main():
+        _finish(run, done)
+
+
+def _sweep_model(
+    name: str,
+    point_cfgs: list[DictConfig],
+    keys: list[str],
+    todo: list[int],
+    steps: list[int],
+    overrides: list[str],
+    run: RunDir,
+    done: pd.DataFrame,
+) -> pd.DataFrame:
+    """The grid points that share one ANN: train (or reuse) it, then balance and simulate each."""
+    results_path = run / "results.csv"
+    ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name)
+    prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt)
+    ann_acc = _ann_accuracy(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
     nets: dict[bool, Any] = {}
     thresholds_cache: dict[tuple, list] = {}
-    for index, (point_cfg, key) in enumerate(zip(point_cfgs, keys, strict=True), start=1):
-        if key in finished:
-            log.info("[%d/%d] %s: already done", index, len(keys), key)
-            continue
+    for position in todo:
+        point_cfg, key = point_cfgs[position], keys[position]
+        index = position + 1  # 1-based, for the log
         pipeline.adopt_checkpoint_config(point_cfg, prepared.checkpoint["config"], overrides)
         point = pipeline.Prepared(
             cfg=point_cfg,
@@ -298,6 +390,7 @@ def sweep_points(
             str(b.get("calib_reset", "soft")),
             int(b.num_images),
             per_channel,
+            float(point_cfg.snn.v_init) if b.method == "mse" else 0.0,  # mse models the shift
         )
         if cache_key not in thresholds_cache:
             tic = time.perf_counter()
@@ -332,7 +425,8 @@ def sweep_points(
             if len(done)
             else pd.DataFrame(rows, columns=COLUMNS)
         )
-        write_csv(results_path, done)  # atomic: an interrupted sweep keeps every finished point
+        if dist.is_main():
+            write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
         best = max(rows, key=lambda r: r["accuracy"])
         log.info(
             "[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)",
@@ -345,14 +439,16 @@ def sweep_points(
             best["timesteps"],
             result.seconds,
         )
-    _finish(run, done)
+    return done
 
 
-def _ann_accuracy(p: pipeline.Prepared, run: RunDir) -> float:
-    path = run / "ann.json"
+def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json") -> float:
+    path = run / filename
     if path.is_file():
         return float(json.loads(path.read_text())["accuracy"])
     metrics = pipeline.ann_metrics(p)
+    if not dist.is_main():
+        return float(metrics["acc"])
     atomic_write_text(
         path,
         json.dumps(

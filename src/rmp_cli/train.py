@@ -115,6 +115,8 @@ def train(
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    # torch.compile wraps the same parameters: checkpoints and evaluation use `model` unchanged.
+    step_model = torch.compile(model) if t.get("compile") else model
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=float(t.lr),
@@ -170,7 +172,7 @@ def train(
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, bool(t.amp)):
-                logits = model(x)
+                logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=float(t.label_smoothing))
             if not torch.isfinite(loss):
                 raise RmpError(

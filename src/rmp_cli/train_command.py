@@ -33,7 +33,7 @@ def _resume_conflicts(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: list[str
     return conflicts
 
 
-def _on_main(make: Callable[[], RunDir]) -> RunDir:
+def on_main(make: Callable[[], RunDir]) -> RunDir:
     """Run ``make`` on rank 0 only; every rank gets the run dir (or rank 0's error)."""
     outcome: tuple[str, str, bool] = ("", "", False)
     if dist.is_main():
@@ -62,7 +62,7 @@ def run_train(cfg: DictConfig, overrides: list[str]) -> Path:
 
 def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
     if not cfg.get("resume"):
-        run = _on_main(lambda: create_run_dir("train", cfg, overrides))
+        run = on_main(lambda: create_run_dir("train", cfg, overrides))
         try:
             train(cfg, run, device=device)
         except BaseException:
@@ -90,7 +90,7 @@ def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
     ckpt_cfg.resume = str(cfg.resume)
     ckpt_cfg.device, ckpt_cfg.threads = cfg.device, cfg.get("threads")
     ckpt_cfg.run_dir = str(run_path)
-    run = _on_main(lambda: create_run_dir("train", ckpt_cfg, overrides, reuse=True))
+    run = on_main(lambda: create_run_dir("train", ckpt_cfg, overrides, reuse=True))
     log.info("continuing %s", run_path)
     train(ckpt_cfg, run, resume_state=state, device=device)
     return run.path

@@ -10,6 +10,11 @@ spike_norm  Sengupta et al. 2019: layer by layer in execution order, earlier lay
             input current (conv path + shortcut at a residual junction). Calibration neurons use
             `calib_reset` (hard, as Sengupta) and v_init = 0; each pass stops after layer l.
 rmp         spike_norm calibrated with SOFT-reset neurons (RMP-SNN), times `scale`.
+mse         Li et al. 2021: per layer (or channel) the threshold, among `grid` candidates
+            theta = k/grid * max_act, that minimises the squared error between the ANN activation
+            and its T-step clip-floor approximation theta/T * clamp(floor(a*T/theta + shift), 0, T)
+            (shift = v_init: 0.5 models the half-threshold start). k = grid is max_act itself, so
+            the result is never worse than max_act in this objective.
 trained     the ceilings of trained clipping activations (ClipReLU, QCFS).
 Every method multiplies by `scale` at the end. A threshold that comes out <= 0 (a channel or layer
 that never activated on the calibration set) falls back to the layer's threshold, else 1.0.
@@ -31,7 +36,8 @@ from rmp_cli.snn.network import SpikingNet
 from rmp_cli.snn.neurons import RESETS
 from rmp_cli.snn.simulator import ChunkedRun, StopForward, check_positive_int
 
-BALANCE_METHODS = ("max_act", "percentile", "spike_norm", "rmp", "trained")
+BALANCE_METHODS = ("max_act", "percentile", "mse", "spike_norm", "rmp", "trained")
+MSE_GRID = 100  # candidate thresholds per layer/channel: 1/100 .. 100/100 of max_act
 _RADIX_WIDTHS = (11, 11, 10)  # 32 bits of a float32 key, most significant first
 
 
@@ -190,6 +196,57 @@ def percentile_activations(
     return [v if per_channel else v[0] for v in values], top
 
 
+def clip_floor(a: Tensor, theta: Tensor, timesteps: int, shift: float) -> Tensor:
+    """What an IF neuron with threshold theta can emit in T steps: theta/T * {0, 1, ..., T}.
+    `theta` broadcasts against `a` (a scalar, or [C, 1] against [C, M] values)."""
+    levels = torch.clamp(torch.floor(a * (timesteps / theta) + shift), 0, timesteps)
+    return levels * (theta / timesteps)
+
+
+def mse_errors(values: Tensor, candidates: Tensor, timesteps: int, shift: float) -> Tensor:
+    """[C, K] summed squared error of [C, M] activations against each of K thresholds per channel."""
+    return torch.stack(
+        [
+            (values - clip_floor(values, candidates[:, k : k + 1], timesteps, shift))
+            .square()
+            .sum(1, dtype=torch.float64)
+            for k in range(candidates.shape[1])
+        ],
+        dim=1,
+    )
+
+
+def mse_activations(
+    probe: _AnnProbe,
+    batches: list[Tensor],
+    *,
+    timesteps: int,
+    shift: float,
+    per_channel: bool,
+    grid: int = MSE_GRID,
+) -> tuple[list[Tensor], float]:
+    """Grid search of the clip-floor MSE threshold, two ANN passes (max, then the errors)."""
+    maxima, top = max_activations(probe, batches, per_channel)
+    fractions = torch.arange(1, grid + 1, dtype=torch.float32) / grid
+    candidates = [_positive(m).reshape(-1, 1) * fractions for m in maxima]  # [C, K]
+    errors: list[Tensor | None] = [None] * len(maxima)
+
+    def record(i: int, out: Tensor) -> None:
+        values = _per_channel_values(out.float(), per_channel)
+        err = mse_errors(values, candidates[i].to(values.device), timesteps, shift).cpu()
+        errors[i] = err if errors[i] is None else errors[i] + err
+
+    probe.run(batches, record)
+    best = []
+    for i, err in enumerate(errors):
+        # Ties (e.g. a layer that never fires) go to the largest candidate: max_act itself.
+        flipped = err.flip(1).argmin(1)
+        index = candidates[i].shape[1] - 1 - flipped
+        theta = candidates[i].gather(1, index[:, None])[:, 0]
+        best.append(theta if per_channel else theta[0])
+    return best, top
+
+
 # --- simulation-based methods --------------------------------------------------------------------
 def spike_norm_thresholds(
     net: SpikingNet,
@@ -269,6 +326,7 @@ def balance_thresholds(
     encoding: str = "direct",
     poisson_scale: float = 1.0,
     seed: int = 0,
+    shift: float = 0.0,
 ) -> list[Tensor]:
     """Compute thresholds with `method`, multiply by `scale`, set them on `net`, return them."""
     if method not in BALANCE_METHODS:
@@ -280,7 +338,7 @@ def balance_thresholds(
         raise RmpError(f"balance scale must be positive, got {scale}")
     if method == "percentile":
         check_percentile(percentile)
-    if method in ("spike_norm", "rmp"):
+    if method in ("spike_norm", "rmp", "mse"):
         check_positive_int("balance timesteps", timesteps)
         if calib_reset not in RESETS:
             raise RmpError(
@@ -292,6 +350,10 @@ def balance_thresholds(
         raw, top = max_activations(probe, batches, per_channel)
     elif method == "percentile":
         raw, top = percentile_activations(probe, batches, percentile, per_channel)
+    elif method == "mse":
+        raw, top = mse_activations(
+            probe, batches, timesteps=timesteps, shift=shift, per_channel=per_channel
+        )
     elif method == "trained":
         missing = [name for name, n in net.named_neurons() if n.ceiling is None]
         if missing:

@@ -1,4 +1,4 @@
-"""VGG-16 (Simonyan & Zisserman 2015): 13 3x3 convs in 5 stages + a 3-layer classifier.
+"""VGG-16 and VGG-11 (Simonyan & Zisserman 2015): 3x3 convs in 5 stages + a 3-layer classifier.
 
 The head follows the input size:
 - ImageNet (>= 112 px): 5 pools, 7x7 adaptive average pool, 512*7*7 -> 4096 -> 4096 -> classes
@@ -24,6 +24,8 @@ from rmp_cli.models.blocks import (
 from rmp_cli.models.registry import register_model
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# VGG-11 ("A"): the same stages with 8 convs; with width 0.25 it is the CPU-scale CIFAR net.
+VGG11_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 CLASSIFIER_WIDTH = 4096
 # Below this the 5th pool and the 7x7 grid would mostly repeat a 1x1-3x3 feature map.
 IMAGENET_HEAD_MIN_SIDE = 112
@@ -36,13 +38,28 @@ class VGG(nn.Sequential):
 
 @register_model
 def vgg16(*, num_classes: int, input_shape: tuple[int, int, int], options: ModelOptions) -> VGG:
+    return _vgg("vgg16", VGG16_STAGES, num_classes, input_shape, options)
+
+
+@register_model
+def vgg11(*, num_classes: int, input_shape: tuple[int, int, int], options: ModelOptions) -> VGG:
+    return _vgg("vgg11", VGG11_STAGES, num_classes, input_shape, options)
+
+
+def _vgg(
+    name: str,
+    stages: tuple[tuple[int, ...], ...],
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    options: ModelOptions,
+) -> VGG:
     channels, height, width = input_shape
     imagenet = min(height, width) >= IMAGENET_HEAD_MIN_SIDE
-    pools = len(VGG16_STAGES) if imagenet else len(VGG16_STAGES) - 1
-    check_min_side("vgg16", input_shape, 2**pools, f"it halves the image {pools} times")
+    pools = len(stages) if imagenet else len(stages) - 1
+    check_min_side(name, input_shape, 2**pools, f"it halves the image {pools} times")
     layers: list[nn.Module] = []
     cin = channels
-    for stage, widths in enumerate(VGG16_STAGES):
+    for stage, widths in enumerate(stages):
         for reference in widths:
             cout = options.channels(reference)
             layers += conv_act(options, cin, cout)

@@ -133,7 +133,9 @@ class IFNeuron(nn.Module):
             or v.device != like.device
             or not v.is_contiguous(memory_format=fmt)
         ):
-            self.v = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+            self.v = torch.empty(
+                shape, dtype=state_dtype(like), device=like.device, memory_format=fmt
+            )
         self.v.copy_((theta * self.v_init).expand(shape))
         self._fresh = False
 
@@ -155,7 +157,7 @@ class IFNeuron(nn.Module):
         # keeps freed blocks (see allocator.py). Time-major, in the input's memory format.
         flat = torch.empty(
             (tc * batch, *shape[1:]),
-            dtype=x.dtype,
+            dtype=state_dtype(x),
             device=x.device,
             memory_format=memory_format_of(x),
         )
@@ -177,6 +179,12 @@ class IFNeuron(nn.Module):
         """Drop state and buffers (memory) after a simulation."""
         self.v = self.last_output = self.last_counts = None
         self._fresh = True
+
+
+def state_dtype(x: Tensor) -> torch.dtype:
+    """Membrane and output in at least float32: under a half-precision simulation only the
+    synaptic currents are rounded, and the rounding does not accumulate over time-steps."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def count_per_step(values: Tensor) -> Tensor:

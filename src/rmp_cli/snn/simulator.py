@@ -19,6 +19,7 @@ Counts (all per requested T, summed over images; exact integers, so shards merge
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from rmp_cli.snn.network import ExecutionPlan, SpikingNet, fan_out
 from rmp_cli.snn.neurons import IFNeuron, count_per_step
 
 READOUTS = ("potential", "spikes")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class StopForward(Exception):
@@ -162,7 +164,10 @@ class ChunkedRun:
     chunk: steps per layer call, or "auto" (sized from the net's largest activation per image).
     channels_last: NHWC layout for 4-d activations (None = on CPU, where oneDNN convolutions and
     pooling are faster in it). It changes float rounding in the last bit, deterministically.
-    allow_tf32: let CUDA convolutions/matmuls round inputs to TF32 (faster, less exact)."""
+    allow_tf32: let CUDA convolutions/matmuls round inputs to TF32 (faster, less exact).
+    precision: fp32 (exact float32 network) | bf16 | fp16: synaptic currents (convolutions,
+    linear layers) under autocast in that format; spikes (0/1) are exact in it, weights and
+    currents are rounded (fp16: 11-bit, bf16: 8-bit significand), membranes stay float32."""
 
     def __init__(
         self,
@@ -177,8 +182,14 @@ class ChunkedRun:
         count_synops: bool = True,
         channels_last: bool | None = None,
         allow_tf32: bool = False,
+        precision: str = "fp32",
     ) -> None:
         self.net = net
+        if precision not in PRECISIONS:
+            raise RmpError(
+                f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}"
+            )
+        self.precision = precision
         self.encoding = check_encoding(encoding, poisson_scale)
         self.poisson_scale = float(poisson_scale)
         self.auto_chunk = chunk == "auto"
@@ -235,6 +246,11 @@ class ChunkedRun:
         steps = AUTO_CHUNK_BYTES[kind] // (largest * x.shape[0])
         self.chunk = int(min(max(steps, 1), AUTO_CHUNK_MAX[kind]))
         self.auto_chunk = False
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def __enter__(self) -> ChunkedRun:
         return self
@@ -303,7 +319,10 @@ class ChunkedRun:
             gen = batch_generator(self.seed, batch_index, self.device)
             scale = self.poisson_scale
         else:
-            constants = plan.run_stem(x)  # analog layers before the first neuron: once per batch
+            with self._autocast():
+                constants = plan.run_stem(
+                    x
+                )  # analog layers before the first neuron: once per batch
         t0 = 0
         while t0 < t_max:
             tc = self.chunk if pad else min(self.chunk, t_max - t0)
@@ -313,7 +332,8 @@ class ChunkedRun:
                 n.last_output = n.last_counts = None
             inputs = (poisson_spikes(x, tc, scale, gen),) if spiking_input else constants
             try:
-                out = plan.body(*inputs)
+                with self._autocast():
+                    out = plan.body(*inputs)
             except StopForward:
                 out = None
             if self.count_spikes:
@@ -368,7 +388,7 @@ def run_batch(
     for t0, tc, out in run.chunks(x, t_max, batch_index):
         assert out is not None
         if acc is None:
-            acc = torch.zeros_like(out[0])
+            acc = torch.zeros_like(out[0], dtype=torch.float32)
         if readout_neuron is not None:
             readout_neuron.configure(tc, batch)
             fired = readout_neuron(out.reshape(tc * batch, -1)).view(tc, batch, -1) != 0
@@ -413,6 +433,7 @@ def simulate(
     progress: Callable[[int], Any] | None = None,
     channels_last: bool | None = None,
     allow_tf32: bool = False,
+    precision: str = "fp32",
 ) -> SimResult:
     """Simulate `net` on (images, labels) batches ONCE to max(timesteps) and score every T.
 
@@ -439,6 +460,7 @@ def simulate(
             count_synops=count_synops,
             channels_last=channels_last,
             allow_tf32=allow_tf32,
+            precision=precision,
         ) as run,
     ):
         for batch_index, (x, y) in enumerate(batches):
