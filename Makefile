@@ -16,7 +16,8 @@ CIFAR10_ARCHIVES ?= ../shared/data/cifar10-jpg
 CIFAR10_DIR      ?= data/cifar10-jpg
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data clean
+.PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
+	study-cifar10-cpu study-lowlatency clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -55,6 +56,12 @@ fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
 
 cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHIVES) into CIFAR10_DIR
 	@test -d $(CIFAR10_DIR)/train || $(RMP) unpack-cifar10 $(CIFAR10_ARCHIVES) $(CIFAR10_DIR)
+
+study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
+	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)
+
+study-lowlatency: setup fmnist-data ## Low-latency methods side by side on Fashion-MNIST, T = 1..64
+	$(RMP) sweep experiment=fashion_mnist_lowlatency
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -86,3 +86,15 @@ def test_summary_names_each_activation_and_its_ann() -> None:
     assert "ANN accuracy: 90.00% (relu), 80.00% (qcfs)" in text
     assert "| qcfs | soft | trained |" in text
     assert list(summary["loss_at_max_t"].round(6)) == [0.4, 0.1]
+
+
+def test_headline_adds_a_one_point_tolerance() -> None:
+    # hard's best (0.80) first at T=32; soft never reaches it exactly (0.795) but is within one
+    # point from T=4, where hard first comes within one point at T=16.
+    df = table(
+        {"hard": [0.1, 0.2, 0.5, 0.7, 0.795, 0.8], "soft": [0.2, 0.6, 0.79, 0.795] + [0.795] * 2},
+        TS,
+    )
+    (line,) = headline(df)
+    assert "does not reach hard reset's best (80.00% at T=32)" in line
+    assert "within 1 pt of it: hard at T=16, soft at T=4 (4x)" in line

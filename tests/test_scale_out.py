@@ -44,21 +44,22 @@ def _torchrun(*args: str) -> list[str]:
     ]
 
 
+def _run_torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """rmp under torchrun with 2 CPU ranks; fails the test with the stderr tail on error."""
+    proc = subprocess.run(
+        _torchrun(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _final_acc(run: Path) -> float:
     return float(pd.read_csv(run / "metrics.csv")["test_acc"].iloc[-1])
 
 
 def test_torchrun_ddp_training_and_resume(rmp, tmp_path: Path) -> None:
     single = tmp_path / last_line(rmp("train", *EPOCHS, "run_dir=single"))
-    proc = subprocess.run(
-        _torchrun("train", *EPOCHS, "run_dir=ddp"),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_torchrun(tmp_path, "train", *EPOCHS, "run_dir=ddp")
     ddp = tmp_path / "ddp"
     assert proc.stdout.strip().splitlines()[-1] == "ddp"  # printed once, by rank 0
     assert abs(_final_acc(ddp) - _final_acc(single)) <= 0.01
@@ -200,15 +201,7 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
         "sweep.grid=['snn.reset=hard,soft']",
     ]
     single = tmp_path / last_line(rmp(*args, "run_dir=single"))
-    proc = subprocess.run(
-        _torchrun(*args, "run_dir=sharded"),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_torchrun(tmp_path, *args, "run_dir=sharded")
     assert proc.stdout.strip().splitlines()[-1] == "sharded"  # printed once, by rank 0
     counted = ["timesteps", "accuracy", "spikes_per_image", "synops_per_image", "ann_accuracy"]
     a = pd.read_csv(single / "results.csv")[["reset", *counted]]
@@ -220,15 +213,7 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
     one = json.loads(
         (tmp_path / last_line(rmp(*convert, "run_dir=c1")) / "convert.json").read_text()
     )
-    proc = subprocess.run(
-        _torchrun(*convert, "run_dir=c2"),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_torchrun(tmp_path, *convert, "run_dir=c2")
     two = json.loads((tmp_path / "c2" / "convert.json").read_text())
     assert (two["snn_accuracy"], two["num_images"]) == (one["snn_accuracy"], one["num_images"])
     assert two["spikes_per_image"] == one["spikes_per_image"]

@@ -16,9 +16,8 @@ from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
 from rmp_cli.errors import RmpError
+from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.rundir import create_run_dir, log
-from rmp_cli.runtime import resolve_device
-from rmp_cli.train_command import on_main
 
 
 def threshold_rows(names: list[str], thresholds: list, method: str) -> list[dict]:
@@ -49,20 +48,11 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
     if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
         raise RmpError(f"snn.timesteps must be a positive integer, got {timesteps}")
     # Under torchrun each rank simulates its shard of the test set; rank 0 writes.
-    device = dist.init_from_env(resolve_device(cfg.device))
-    try:
-        if dist.world_size() > 1:
-            cfg.device = str(device)
+    with torchrun_session([cfg]):
         prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
         run = on_main(lambda: create_run_dir("convert", cfg, overrides))
-        try:
+        with discard_if_failed(run):
             return _convert(prepared, run.path, timesteps)
-        except BaseException:
-            if dist.is_main():
-                run.discard_if_empty_run()
-            raise
-    finally:
-        dist.shutdown()
 
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:

@@ -93,20 +93,33 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _first_t(curve: pd.DataFrame, level: float) -> int | None:
+    reached = curve[curve["accuracy"] >= level - 1e-12]
+    return int(reached["timesteps"].iloc[0]) if len(reached) else None
+
+
 def _compare(hard: pd.DataFrame, soft: pd.DataFrame, where: str) -> str:
+    """The literal claim (first T at which soft reaches hard's best), then the same with a
+    1-point tolerance, which small test sets need: their best values differ by a few images."""
     hard, soft = hard.sort_values("timesteps"), soft.sort_values("timesteps")
     best = hard["accuracy"].max()
-    t_hard = int(hard.loc[hard["accuracy"] >= best, "timesteps"].iloc[0])
-    reached = soft[soft["accuracy"] >= best]
-    if reached.empty:
+    t_hard = _first_t(hard, best)
+    t_soft = _first_t(soft, best)
+    near_hard, near_soft = _first_t(hard, best - WITHIN), _first_t(soft, best - WITHIN)
+    tolerant = (
+        f"; within 1 pt of it: hard at T={near_hard}, soft at T={near_soft} "
+        f"({near_hard / near_soft:.3g}x)"
+        if near_hard and near_soft
+        else ""
+    )
+    if t_soft is None:
         return (
             f"soft reset does not reach hard reset's best ({best:.2%} at T={t_hard}) "
-            f"within T<={int(soft['timesteps'].max())} [{where}]"
+            f"within T<={int(soft['timesteps'].max())}{tolerant} [{where}]"
         )
-    t_soft = int(reached["timesteps"].iloc[0])
     return (
         f"soft reset matches hard reset's best ({best:.2%} at T={t_hard}) at T={t_soft}: "
-        f"{t_hard / t_soft:.3g}x fewer time-steps [{where}]"
+        f"{t_hard / t_soft:.3g}x fewer time-steps{tolerant} [{where}]"
     )
 
 

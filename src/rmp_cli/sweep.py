@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
+from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
 from rmp_cli.rundir import RunDir, create_run_dir, log
-from rmp_cli.runtime import resolve_device
-from rmp_cli.train_command import on_main
 
 # Override keys whose comma lists make a grid; anything else with a comma is refused.
 GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
@@ -310,22 +309,11 @@ def run_sweep_command(
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
     # Under torchrun every rank runs the grid on its shard of the test set; rank 0 writes.
-    device = dist.init_from_env(resolve_device(cfg.device))
-    try:
-        if dist.world_size() > 1:
-            for point_cfg in point_cfgs:
-                point_cfg.device = str(device)
+    with torchrun_session(point_cfgs):
         manifest = _manifest(cfg, steps, keys)
         run = on_main(lambda: _open_run(cfg, overrides, manifest))
-        try:
-            with RunLock(run.path) if dist.is_main() else contextlib.nullcontext():
-                sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
-        except BaseException:
-            if dist.is_main():
-                run.discard_if_empty_run()
-            raise
-    finally:
-        dist.shutdown()
+        with discard_if_failed(run), RunLock(run.path) if dist.is_main() else nullcontext():
+            sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
     return run.path
 
 

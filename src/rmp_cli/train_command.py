@@ -5,16 +5,14 @@ Under torchrun, rank 0 makes the run dir and tells the other ranks where it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmp_cli import distributed as dist
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.errors import RmpError
-from rmp_cli.rundir import RunDir, create_run_dir, log, setup_logging
-from rmp_cli.runtime import resolve_device, set_quiet
+from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
+from rmp_cli.rundir import create_run_dir, log
 from rmp_cli.train import train, validate_train_config
 
 # Keys that may differ between a resumed run and its checkpoint (they do not change the result).
@@ -33,42 +31,17 @@ def _resume_conflicts(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: list[str
     return conflicts
 
 
-def on_main(make: Callable[[], RunDir]) -> RunDir:
-    """Run ``make`` on rank 0 only; every rank gets the run dir (or rank 0's error)."""
-    outcome: tuple[str, str, bool] = ("", "", False)
-    if dist.is_main():
-        try:
-            run = make()
-            outcome = ("ok", str(run.path), run.created)
-        except RmpError as exc:
-            outcome = ("error", str(exc), False)
-    status, value, created = dist.broadcast_object(outcome)
-    if status == "error":
-        raise RmpError(value)
-    if not dist.is_main():
-        set_quiet(True)
-        setup_logging(None, verbose=False)
-    return run if dist.is_main() else RunDir(path=Path(value), created=created)
-
-
 def run_train(cfg: DictConfig, overrides: list[str]) -> Path:
     validate_train_config(cfg)
-    device = dist.init_from_env(resolve_device(cfg.device))
-    try:
+    with torchrun_session([cfg]) as device:
         return _run_train(cfg, overrides, device)
-    finally:
-        dist.shutdown()
 
 
 def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
     if not cfg.get("resume"):
         run = on_main(lambda: create_run_dir("train", cfg, overrides))
-        try:
+        with discard_if_failed(run):
             train(cfg, run, device=device)
-        except BaseException:
-            if dist.is_main():
-                run.discard_if_empty_run()
-            raise
         return run.path
 
     state = load_checkpoint(cfg.resume, kind="last")
