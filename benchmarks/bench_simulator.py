@@ -1,4 +1,6 @@
-"""Simulator throughput and peak memory: rmp vs a naive step loop vs SpikingJelly (CPU, 2 threads).
+"""Simulator throughput and peak memory: rmp vs a naive step loop vs SpikingJelly (CPU, 2 threads);
+then rmp's peak memory against T at a fixed batch, the cost of a whole sweep to T=2048 against the
+dense bound (one ANN forward pass x 2048), and threshold balancing time per method.
 
 Every configuration runs in its own child process so that peak resident memory (ru_maxrss) is
 not mixed between configurations. All runners use the same converted net (random weights,
@@ -35,7 +37,7 @@ from rmp_cli.snn import ChunkedRun, SpikingNet, run_batch, simulate
 THREADS = 2
 BATCH = 32
 RESULTS = Path(__file__).resolve().parent / "results"
-SHAPES = {"digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28)}
+SHAPES = {"digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28), "resnet20": (3, 32, 32)}
 METHODS = ("rmp", "naive", "sj_multistep", "sj_singlestep")
 # Images per (model, T), sized for the slowest runner on 2 shared cores (mnist_cnn runs ~100-350
 # image-steps/s there, so T=1024 gets a single batch of 4 images).
@@ -44,20 +46,32 @@ IMAGES = {
     ("digits_cnn", 1024): 16,
     ("mnist_cnn", 64): 32,
     ("mnist_cnn", 1024): 4,
+    ("resnet20", 64): 32,
+    ("resnet20", 1024): 4,
 }
+SWEEP_T = 2048
+SWEEP_IMAGES = {"digits_cnn": 64, "mnist_cnn": 8, "resnet20": 8}  # the dense-bound comparison
+BALANCE_METHODS = ("max_act", "percentile", "mse", "spike_norm", "rmp")
+CALIB_IMAGES, CALIB_STEPS = 64, 64  # balancing-time measurement (mse: tuned for T=16)
 QUICK_IMAGES = 32
 SJ_CHUNK = 32  # time-steps per multi-step SpikingJelly call (state carries over between calls)
 
 
 # --- the shared net and data ---------------------------------------------------------------------
+def build_ann(model: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(model, num_classes=10, input_shape=SHAPES[model]).eval()
+
+
+def calibration(model: str, n: int = 64) -> Tensor:
+    return torch.rand(n, *SHAPES[model], generator=torch.Generator().manual_seed(1))
+
+
 def build_net(model: str) -> SpikingNet:
     """Deterministic: every child process rebuilds exactly the same net and thresholds."""
-    torch.manual_seed(0)
-    shape = SHAPES[model]
-    ann = create_model(model, num_classes=10, input_shape=shape).eval()
+    ann = build_ann(model)
     net = to_spiking(ann, reset="soft")
-    calib = torch.rand(64, *shape, generator=torch.Generator().manual_seed(1))
-    balance_thresholds(net, ann, calib, method="max_act")
+    balance_thresholds(net, ann, calibration(model), method="max_act")
     return net
 
 
@@ -202,8 +216,45 @@ def rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
+def child_bound(model: str, n: int) -> dict:
+    """A whole sweep (every power of two up to SWEEP_T scored from one run) against SWEEP_T
+    dense ANN forward passes over the same images (the time-stepped net's dense bound)."""
+    ann, net, x = build_ann(model), build_net(model), make_images(model, n)
+    with torch.inference_mode():
+        ann(x[:BATCH])  # warm-up
+        tic = time.perf_counter()
+        for _ in range(5):
+            for batch in x.split(BATCH):
+                ann(batch)
+        dense = (time.perf_counter() - tic) / 5
+    batches = [(b, torch.zeros(len(b), dtype=torch.long)) for b in x.split(BATCH)]
+    simulate(net, batches[:1], [2], chunk="auto", topk=(1,))  # warm-up
+    powers = [2**k for k in range(SWEEP_T.bit_length())]
+    tic = time.perf_counter()
+    simulate(net, batches, powers, chunk="auto", topk=(1,))
+    sweep = time.perf_counter() - tic
+    return {"dense_forward_s": dense, "sweep_s": sweep, "ratio": sweep / (dense * SWEEP_T)}
+
+
+def child_balance(model: str) -> dict:
+    """Seconds per balancing method on the same net and calibration images."""
+    ann, calib = build_ann(model), calibration(model, CALIB_IMAGES)
+    seconds = {}
+    for method in BALANCE_METHODS:
+        net = to_spiking(ann, reset="soft")
+        steps = 16 if method == "mse" else CALIB_STEPS
+        tic = time.perf_counter()
+        balance_thresholds(net, ann, calib, method=method, timesteps=steps, chunk="auto")
+        seconds[method] = time.perf_counter() - tic
+    return seconds
+
+
 def child(model: str, method: str, steps: int, n: int) -> dict:
     torch.set_num_threads(THREADS)
+    if method == "bound":
+        return child_bound(model, n)
+    if method == "balance":
+        return child_balance(model)
     net = build_net(model)
     x = make_images(model, n)
     RUNNERS[method](net, x[:BATCH], 2)  # warm-up: first-call allocations, kernel selection
@@ -226,6 +277,46 @@ def run_config(model: str, method: str, steps: int, n: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{model}/{method}/T={steps} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def extra_markdown(memory: list[dict], bounds: list[dict], balancing: list[dict]) -> str:
+    lines = [
+        "",
+        f"Peak memory of rmp against T (one batch of {BATCH} images, own process):",
+        "",
+        "| model | peak RSS MB T=64 | peak RSS MB T=1024 | T=1024 / T=64 |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {m['model']} | {m['t64']:.0f} | {m['t1024']:.0f} | {m['t1024'] / m['t64']:.3f} |"
+        for m in memory
+    ]
+    lines += [
+        "",
+        f"A sweep to T={SWEEP_T} (all powers of two scored from one run) against the dense bound "
+        f"(one ANN forward pass x {SWEEP_T}):",
+        "",
+        "| model | images | dense forward s | sweep s | sweep / dense bound |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {b['model']} | {b['images']} | {b['dense_forward_s']:.4f} | {b['sweep_s']:.2f} | "
+        f"{b['ratio']:.2f} |"
+        for b in bounds
+    ]
+    lines += [
+        "",
+        f"Threshold balancing, seconds ({CALIB_IMAGES} calibration images; spike_norm and rmp "
+        f"{CALIB_STEPS} steps, mse tuned for T=16):",
+        "",
+        "| model | " + " | ".join(BALANCE_METHODS) + " |",
+        "|---|" + "---:|" * len(BALANCE_METHODS),
+    ]
+    lines += [
+        f"| {b['model']} | " + " | ".join(f"{b[m]:.2f}" for m in BALANCE_METHODS) + " |"
+        for b in balancing
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -272,6 +363,16 @@ def main() -> None:
                 )
                 print(f"{model} T={steps} {method}: {res['image_steps_per_s']:,.0f} img-steps/s")
 
+    memory, bounds, balancing = [], [], []
+    if not args.quick:
+        for model in SHAPES:
+            peaks = {t: run_config(model, "rmp", t, BATCH)["peak_rss_mb"] for t in (64, 1024)}
+            memory.append({"model": model, "t64": peaks[64], "t1024": peaks[1024]})
+            bound = run_config(model, "bound", SWEEP_T, SWEEP_IMAGES[model])
+            bounds.append({"model": model, "images": SWEEP_IMAGES[model]} | bound)
+            balancing.append({"model": model} | run_config(model, "balance", 0, 0))
+            print(f"{model}: memory {memory[-1]}, bound {bounds[-1]['ratio']:.2f}", flush=True)
+
     report = {
         "machine": {
             "processor": platform.processor() or platform.machine(),
@@ -285,8 +386,11 @@ def main() -> None:
         "quick": args.quick,
         "note": "agreement = fraction of images whose prediction equals rmp's",
         "results": rows,
+        "memory_vs_t": memory,
+        "sweep_vs_dense_bound": bounds,
+        "balance_seconds": balancing,
     }
-    table = markdown(rows)
+    table = markdown(rows) + (extra_markdown(memory, bounds, balancing) if memory else "")
     suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"simulator{suffix}.json", json.dumps(report, indent=2) + "\n")
