@@ -57,7 +57,8 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     cfg = p.cfg
-    ann = pipeline.ann_metrics(p)
+    # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
+    ann = pipeline.ann_metrics(p) if dist.is_main() else None
     net = pipeline.build_snn(p)
     tic = time.perf_counter()
     thresholds = pipeline.balance(p, net, pipeline.calibration_images(p))
@@ -78,6 +79,7 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     result = pipeline.simulate_test(p, net, [timesteps], desc=f"simulate T={timesteps}")
     if not dist.is_main():
         return run_path
+    assert ann is not None
     snn_row = result.rows()[-1]
     report = {
         "ann_accuracy": ann["acc"],

@@ -78,6 +78,9 @@ def validate_snn_config(cfg: DictConfig) -> None:
         raise RmpError(f"balance.percentile must be in (0, 100], got {b.percentile}")
     if not isinstance(b.num_images, int) or b.num_images < 1:
         raise RmpError(f"balance.num_images must be a positive integer, got {b.num_images}")
+    steps = b.get("timesteps")
+    if b.method in ("spike_norm", "rmp", "mse") and (not isinstance(steps, int) or steps < 1):
+        raise RmpError(f"balance.timesteps must be a positive integer for {b.method}, got {steps}")
 
 
 def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = None) -> Prepared:

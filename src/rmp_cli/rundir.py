@@ -22,6 +22,9 @@ from rmp_cli.atomic import atomic_write_text
 from rmp_cli.errors import RmpError
 
 LOG_NAME = "run.log"
+# What every run dir gets before any work is done (a sweep adds its manifest and lock): a run
+# that failed with only these was empty and is removed.
+BOOKKEEPING = {".hydra", LOG_NAME, "meta.json", "sweep.json", ".lock"}
 log = logging.getLogger("rmp")
 
 
@@ -37,9 +40,7 @@ class RunDir:
         """Remove a run dir this invocation created when it failed before producing anything."""
         if not self.created:
             return
-        produced = [
-            p for p in self.path.iterdir() if p.name not in {".hydra", LOG_NAME, "meta.json"}
-        ]
+        produced = [p for p in self.path.iterdir() if p.name not in BOOKKEEPING]
         if not produced:
             close_logging()
             shutil.rmtree(self.path, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -227,9 +228,10 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     for a variant's other model (each trained into its own folder of the run dir)."""
     groups: dict[str, list[int]] = {}
     models: dict[str, str] = {}
+    base_model = OmegaConf.to_yaml(cfg.model)
     for index, point_cfg in enumerate(point_cfgs):
         model = OmegaConf.to_yaml(point_cfg.model)
-        if model == OmegaConf.to_yaml(cfg.model):
+        if model == base_model:
             name = "ann"
         else:
             m = point_cfg.model
@@ -431,12 +433,14 @@ def _sweep_model(
 
 
 def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json") -> float:
+    """The ANN's test accuracy, evaluated once and kept in the run dir. Under torchrun only
+    rank 0 writes rows, so the other ranks skip the full-test-set pass (NaN)."""
+    if not dist.is_main():
+        return math.nan
     path = run / filename
     if path.is_file():
         return float(json.loads(path.read_text())["accuracy"])
     metrics = pipeline.ann_metrics(p)
-    if not dist.is_main():
-        return float(metrics["acc"])
     atomic_write_text(
         path,
         json.dumps(
