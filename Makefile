@@ -17,7 +17,7 @@ CIFAR10_DIR      ?= data/cifar10-jpg
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
-	study-cifar10-cpu study-lowlatency reproduce-fmnist clean
+	study-cifar10-cpu study-lowlatency reproduce-fmnist compare-sj clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ study-lowlatency: setup fmnist-data ## Low-latency methods side by side on Fashi
 
 reproduce-fmnist: setup fmnist-data ## The paper's claims at CPU scale on Fashion-MNIST (~25 min on 2 cores)
 	$(RMP) sweep experiment=fashion_mnist_reproduce
+
+compare-sj: setup ## rmp's converter vs SpikingJelly's on one checkpoint (CKPT=RUN/ann/model.pt, ~6 min)
+	@test -n "$(CKPT)" || { echo "make compare-sj: set CKPT=<run dir>/ann/model.pt, e.g. from make reproduce-fmnist" >&2; exit 2; }
+	$(BIN)/python benchmarks/compare_spikingjelly.py experiment=fashion_mnist_reproduce ckpt=$(CKPT)
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

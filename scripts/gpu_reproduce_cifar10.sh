@@ -12,6 +12,8 @@
 #   CIFAR10_DIR       where the image folders are (unpacked once)       [data/cifar10-jpg]
 #   EPOCHS            ANN training epochs (the paper trains ~200)        [20]
 #   PRECISION         simulation currents: fp32 (exact) | bf16 | fp16    [bf16]
+#   TIMESTEPS         the sweep's T values                                [2^5..2^11]
+#   CALIB_STEPS       time-steps of spike_norm / rmp threshold balancing  [512]
 #   RUN_DIR           the run dir (resumable: rerun to continue)         [outputs/gpu_cifar10_vgg16]
 #   RMP               the command             [rmp on PATH, else .venv/bin/rmp, else python3 -m rmp_cli]
 # CPU check at toy size: EPOCHS=1 PRECISION=fp32 scripts/gpu_reproduce_cifar10.sh \
@@ -23,6 +25,8 @@ archives=${CIFAR10_ARCHIVES:-../shared/data/cifar10-jpg}
 data=${CIFAR10_DIR:-data/cifar10-jpg}
 epochs=${EPOCHS:-20}
 precision=${PRECISION:-bf16}
+timesteps=${TIMESTEPS:-2^5..2^11}
+calib_steps=${CALIB_STEPS:-512}
 run_dir=${RUN_DIR:-outputs/gpu_cifar10_vgg16}
 default_rmp=$(command -v rmp || { [ -x .venv/bin/rmp ] && echo .venv/bin/rmp; } || echo "python3 -m rmp_cli")
 read -r -a rmp <<< "${RMP:-$default_rmp}"
@@ -33,6 +37,6 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 # The preset's two grid points (hard + spike_norm, soft + rmp); calibration shortened to fit.
 start=$(date +%s)
 "${rmp[@]}" sweep experiment=cifar10_vgg16 dataset.root="$data" train.epochs="$epochs" \
-  snn.precision="$precision" balance.num_images=256 balance.timesteps=512 \
-  --timesteps 2^5..2^11 run_dir="$run_dir" "$@"
-echo "wall seconds: $(( $(date +%s) - start )) (epochs=$epochs, precision=$precision)"
+  snn.precision="$precision" balance.num_images=256 balance.timesteps="$calib_steps" \
+  --timesteps "$timesteps" run_dir="$run_dir" "$@"
+echo "wall seconds: $(( $(date +%s) - start )) (epochs=$epochs, precision=$precision, T=$timesteps, calibration steps=$calib_steps)"

@@ -196,3 +196,37 @@ def test_per_channel_threshold_of_wrong_length_names_the_layer() -> None:
     neuron.set_threshold(torch.ones(3))
     with pytest.raises(RmpError, match=r"'features\.2' has 4 channels but 3"):
         neuron(torch.ones(2, 4, 2, 2))
+
+
+def test_per_image_counts_float_and_integer_paths_agree() -> None:
+    from rmp_cli.snn.neurons import _count_per_image
+
+    s = (torch.rand(3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    s = s.contiguous(memory_format=torch.channels_last)
+    as_float, as_int = torch.empty(3), torch.empty(3, dtype=torch.int64)
+    _count_per_image(s, as_float)
+    _count_per_image(s, as_int)
+    expected = (s != 0).reshape(3, -1).sum(1)
+    assert expected.min() > 0
+    assert torch.equal(as_float.long(), expected) and torch.equal(as_int, expected)
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_per_step_and_per_chunk_counting_give_identical_results(
+    reset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rmp_cli.snn import neurons
+
+    x = torch.rand(6 * 3, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+    theta = torch.tensor([0.3, 0.5, 0.7, 0.9])  # per channel
+    results = []
+    for threshold in (0, 2**40):  # every step counted at once / every chunk
+        monkeypatch.setattr(neurons, "_PER_STEP_MIN", threshold)
+        n = IFNeuron(theta, reset=reset)
+        n.count_spikes = True
+        n.configure(6, 3)
+        out = n(x).clone()
+        results.append((out, n.last_counts.clone(), n.v.clone()))
+    (a, ca, va), (b, cb, vb) = results
+    assert torch.equal(a, b) and torch.equal(ca, cb) and torch.equal(va, vb)
+    assert int(ca.sum()) == int((a != 0).sum()) > 0

@@ -393,3 +393,19 @@ def test_half_precision_rounds_currents_only_and_keeps_membranes_float32(precisi
 def test_unknown_precision_lists_the_choices() -> None:
     with pytest.raises(RmpError, match="unknown precision 'fp8'; choose one of: fp32, bf16, fp16"):
         ChunkedRun(calibrated("vgg"), precision="fp8")
+
+
+def test_residual_adds_write_into_the_synaptic_output_only_when_that_is_the_same_tensor() -> None:
+    from rmp_cli.snn.network import add_into
+
+    plan = calibrated("resnet").plan(spiking_input=False)
+    assert any(n.target is add_into for n in plan.body.graph.nodes)
+
+    a, b = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    assert add_into(a, b) is a and torch.equal(a, torch.full((2, 3), 3.0))
+    small = torch.ones(1, 3)  # would need broadcasting into a larger result
+    out = add_into(small, b)
+    assert out is not small and torch.equal(small, torch.ones(1, 3)) and out.shape == (2, 3)
+    half = torch.ones(2, 3, dtype=torch.bfloat16)  # the sum is float32, not bfloat16
+    out = add_into(half, b)
+    assert out.dtype == torch.float32 and torch.equal(half, torch.ones(2, 3, dtype=torch.bfloat16))

@@ -67,10 +67,10 @@ def check_same_model(
 ) -> None:
     """Refuse a checkpoint whose architecture or dataset differs from what the overrides ask for."""
     asked = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    for group in ("dataset", "model"):
-        if not any(k == group or k.startswith(group + ".") for k in asked):
-            continue
-        for key in ("name", *MODEL_KEYS[1:]) if group == "model" else ("name",):
+    # Only what defines the trained net counts: dataset.subset=... asks nothing of the checkpoint.
+    checked = [("dataset", "name")] + [("model", key) for key in MODEL_KEYS]
+    for group, key in checked:
+        if group in asked or f"{group}.{key}" in asked:
             want, have = cfg[group].get(key), ckpt_cfg[group].get(key)
             if want != have:
                 raise RmpError(

@@ -39,9 +39,13 @@ class Prepared:
 def adopt_checkpoint_config(
     cfg: DictConfig, ckpt_cfg: DictConfig, overrides: Sequence[str]
 ) -> None:
-    """The checkpoint decides model and dataset; the user's dataset.* overrides (root, subset,
-    batch sizes) still apply on top."""
+    """The checkpoint decides the model and which dataset. When the composed config names the
+    same dataset (a preset or dataset=...), its evaluation settings (root, subset, batch sizes)
+    are used as composed; otherwise the checkpoint's dataset config, with the user's dataset.*
+    overrides on top."""
     cfg.model = ckpt_cfg.model
+    if cfg.dataset.name == ckpt_cfg.dataset.name:
+        return
     dataset = OmegaConf.merge(ckpt_cfg.dataset, {})
     user = [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("dataset.")]
     if user:
