@@ -90,7 +90,7 @@ def plot(rows: dict[str, list[float]], timesteps: Sequence[int], ann: float, pat
         style = "-o" if name.startswith("rmp") else "--s"
         ax.plot(timesteps, [100 * a for a in acc], style, ms=3, label=name)
     ax.axhline(100 * ann, color="gray", ls=":", label="ANN")
-    ax.set(xscale="log", xlabel="time-steps T", ylabel="top-1 accuracy (%)")
+    ax.set(xlabel="time-steps T", ylabel="top-1 accuracy (%)")
     ax.set_xscale("log", base=2)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -172,9 +172,7 @@ class IFNeuron(nn.Module):
         per_step = shape.numel() >= _PER_STEP_MIN
         per_image = None
         if self.count_spikes and per_step:
-            big = shape[1:].numel() >= _EXACT_FLOAT_COUNT  # float sums no longer exact
-            dtype = torch.int64 if big else out.dtype
-            per_image = torch.empty((tc, batch), dtype=dtype, device=x.device)
+            per_image = _counts_buffer((tc, batch), shape[1:].numel(), x.device)
         for t in range(tc):
             s = out[t]
             v.add_(x if steps is None else steps[t])
@@ -205,23 +203,29 @@ def state_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _counts_buffer(shape: tuple[int, ...], frame_numel: int, device: torch.device) -> Tensor:
+    """Where per-image spike counts go: float32 sums are exact below 2^24 per image and
+    vectorise far better than counting a boolean; larger frames are counted as int64."""
+    dtype = torch.int64 if frame_numel >= _EXACT_FLOAT_COUNT else torch.float32
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _count_per_image(spikes: Tensor, out: Tensor) -> None:
-    """Spikes per image [B] of one 0/1 step [B, ...] into `out`: float sums (exact below 2^24
-    per image), or integer counts when `out` is int64 (larger frames)."""
+    """Spikes per image [B] of 0/1 frames [B, ...] into `out` (from `_counts_buffer`)."""
     if spikes.dim() == 1:
         out.copy_(spikes)
     elif out.dtype == torch.int64:
         out.copy_(spikes.reshape(spikes.shape[0], -1).count_nonzero(1))
     else:
-        torch.sum(spikes, dim=tuple(range(1, spikes.dim())), out=out)
+        torch.sum(spikes, dim=tuple(range(1, spikes.dim())), dtype=out.dtype, out=out)
 
 
 def count_per_step(values: Tensor) -> Tensor:
-    """Nonzeros per step [Tc] (int64) of a 0/1 float map [Tc, B, ...]: per-image float sums are
-    exact and vectorise far better than counting a boolean."""
-    if values.dim() == 2 or values[0, 0].numel() >= _EXACT_FLOAT_COUNT:
-        return values.reshape(values.shape[0], -1).count_nonzero(1)
-    return values.sum(dim=tuple(range(2, values.dim()))).to(torch.int64).sum(1)
+    """Nonzeros per step [Tc] (int64) of a 0/1 float map [Tc, B, ...]."""
+    frames = values.flatten(0, 1)  # [Tc*B, ...]
+    per_image = _counts_buffer((frames.shape[0],), frames[0].numel(), values.device)
+    _count_per_image(frames, per_image)
+    return per_image.view(values.shape[0], -1).to(torch.int64).sum(1)
 
 
 def memory_format_of(x: Tensor) -> torch.memory_format:
