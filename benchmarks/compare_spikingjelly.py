@@ -121,11 +121,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="rmp config overrides; ckpt= is required")
     parser.add_argument("--timesteps", default="2^0..2^10")
-    parser.add_argument("--calib-batch", type=int, default=None, help="default: snn.batch_size")
+    parser.add_argument(
+        "--calib-batch", type=positive_int, default=None, help="default: snn.batch_size"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
