@@ -38,6 +38,8 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise RmpError(
             f"train.milestones must be fractions of the epochs in (0, 1), got {list(t.milestones)}"
         )
+    check_amp(t.get("amp", "auto"))
+    memory_format(torch.device("cpu"), t.get("channels_last", "auto"))
 
 
 def lr_factor(progress_epochs: float, cfg: DictConfig) -> float:
@@ -51,21 +53,67 @@ def lr_factor(progress_epochs: float, cfg: DictConfig) -> float:
     return float(t.gamma) ** sum(frac >= float(m) for m in t.milestones)
 
 
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic (avx512_bf16 or AMX); elsewhere autocast emulates it slowly."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_enabled(device: torch.device, amp: bool | str) -> bool:
+    """Whether bfloat16 autocast runs: `auto` on CUDA only; `true` also on CPUs with native
+    bfloat16 (elsewhere float32, with a warning); `false` never."""
+    if amp is False or amp in ("false", "off"):
+        return False
+    if device.type == "cuda":
+        return True
+    if amp is True or amp == "true":
+        if cpu_has_bf16():
+            return True
+        log.warning("train.amp=true but this CPU has no native bfloat16; training in float32")
+    return False
+
+
+def check_amp(amp: object) -> None:
+    if amp not in (True, False, "auto"):
+        raise RmpError(f"train.amp must be auto, true or false, got {amp!r}")
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on `device` when enabled (decide with `amp_enabled`)."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device, channels_last: bool | str) -> torch.memory_format:
+    """channels_last `auto`: on CPU (oneDNN's convolutions are faster in NHWC), not on CUDA."""
+    if channels_last == "auto":
+        channels_last = device.type == "cpu"
+    if channels_last not in (True, False):
+        raise RmpError(f"train.channels_last must be auto, true or false, got {channels_last!r}")
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _to_device(x: torch.Tensor, device: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Any, device: torch.device, *, amp: bool = False
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    fmt: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (fractions) of the ANN over a loader."""
     model.eval()
     loss_sum, top1, top5, total = 0.0, 0, 0, 0
     for x, y in progress(loader, desc="eval"):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = _to_device(x, device, fmt), y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(x)
         logits = logits.float()
@@ -103,12 +151,21 @@ def train(
     device = device or resolve_device(cfg.device)
     world, main = dist.world_size(), dist.is_main()
     data = build_data(cfg.dataset, seed=int(cfg.seed))
-    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     t = cfg.train
+    amp = amp_enabled(device, t.get("amp", "auto"))
+    fmt = memory_format(device, t.get("channels_last", "auto"))
+    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    log.info(
+        "training on %s: %s, %s",
+        device,
+        "bfloat16 autocast" if amp else "float32",
+        "channels_last" if fmt == torch.channels_last else "contiguous",
+    )
     rows: list[dict[str, Any]] = []
     start_epoch = 1
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
+    model = model.to(memory_format=fmt)
     if world > 1:
         if cfg.model.get("batch_norm") and device.type == "cuda":  # SyncBN needs CUDA
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -170,8 +227,8 @@ def train(
             lr = float(t.lr) * lr_factor(epoch - 1 + step / steps_per_epoch, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, bool(t.amp)):
+            x, y = _to_device(x, device, fmt), y.to(device, non_blocking=True)
+            with autocast(device, amp):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=float(t.label_smoothing))
             if not torch.isfinite(loss):
@@ -191,7 +248,7 @@ def train(
         if not main:  # rank 0 evaluates and writes; the others wait for the next epoch
             dist.barrier()
             continue
-        test = evaluate(plain, test_loader, device, amp=bool(t.amp))
+        test = evaluate(plain, test_loader, device, amp=amp, fmt=fmt)
         row = {
             "epoch": epoch,
             "train_loss": round(loss_sum / seen, 6),
@@ -204,7 +261,7 @@ def train(
         rows.append(row)
         write_metrics(run / "metrics.csv", rows)
         common = {
-            "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
             "config": config_payload(cfg),
             "num_classes": data.num_classes,
             "input_shape": list(data.input_shape),
