@@ -25,6 +25,7 @@ from rmp_cli.checkpoint import (
 from rmp_cli.config import from_container, to_container
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.data import DataBundle, build_data, make_loader
+from rmp_cli.energy import EnergyCosts
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.rundir import log
@@ -86,6 +87,7 @@ def validate_snn_config(cfg: DictConfig) -> None:
         raise RmpError(f"snn.batch_size must be a positive integer, got {snn.batch_size}")
     if snn.chunk != "auto" and (not isinstance(snn.chunk, int) or snn.chunk < 1):
         raise RmpError(f"snn.chunk must be a positive integer or auto, got {snn.chunk}")
+    EnergyCosts.from_config(cfg.get("energy"))
     b = cfg.balance
     if float(b.scale) <= 0:
         raise RmpError(f"balance.scale must be positive, got {b.scale}")
