@@ -60,6 +60,7 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     cfg = p.cfg
     # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
+    log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
     ann = pipeline.ann_metrics(p) if dist.is_main() else None
     if ann is not None:  # before converting: do the weights and the preprocessing match?
         log.info("ANN accuracy %.2f%% on %d test images", ann["acc"] * 100, len(p.data.test))

@@ -133,6 +133,11 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
         ann = load_model(ckpt).to(device)
         log.info("loaded %s into %s", cfg.weights, describe(cfg.model))
         return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt)
+    if not (ckpt_path or cfg.get("ckpt")):
+        raise RmpError(
+            "no network given; pass ckpt=PATH (a model.pt written by `rmp train`) or "
+            "weights=PATH (weights for the model the config describes)"
+        )
     ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
     check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
     adopt_checkpoint_config(cfg, ckpt["config"], overrides)

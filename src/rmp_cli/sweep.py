@@ -363,6 +363,7 @@ def _sweep_model(
     results_path = run / "results.csv"
     ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name)
     prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt)
+    log.info("model %s on dataset %s", describe(prepared.cfg.model), prepared.cfg.dataset.name)
     ann_acc = _ann_accuracy(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
     ann_macs = ann_macs_per_image(prepared.ann, prepared.data.input_shape)
     nets: dict[bool, Any] = {}
