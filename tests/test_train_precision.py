@@ -56,9 +56,9 @@ def test_cpu_autocast_really_computes_in_bfloat16() -> None:
 
 
 def test_bad_amp_and_layout_values_are_refused() -> None:
-    with pytest.raises(RmpError, match="train.amp must be auto, true or false"):
+    with pytest.raises(RmpError, match=r"train\.amp must be auto, true or false"):
         check_amp("yes")
-    with pytest.raises(RmpError, match="train.channels_last must be auto, true or false"):
+    with pytest.raises(RmpError, match=r"train\.channels_last must be auto, true or false"):
         memory_format(CPU, "maybe")
     assert memory_format(CPU, "auto") == torch.channels_last
     assert memory_format(CUDA, "auto") == torch.contiguous_format
