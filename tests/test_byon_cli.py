@@ -15,34 +15,19 @@ from torch import nn
 from tests.conftest import assert_clean_error, last_line
 from tests.test_data import CIFAR10_CLASSES, write_jpeg_folders
 
-NETS = textwrap.dedent(
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_module() -> str:
+    """The README's example module (example 2 of "Bring your own network"), verbatim."""
+    text = README.read_text()
+    section = text[text.index("## Bring your own network") :]
+    start = section.index("```python\n# 2.") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+EXTRA = textwrap.dedent(
     """
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-
-    class SmallCNN(nn.Module):
-        # functional ReLUs, one module called twice, a clipped ReLU: all converted
-        def __init__(self, num_classes, input_shape, width=8):
-            super().__init__()
-            c, h, w = input_shape
-            self.conv1 = nn.Conv2d(c, width, 3, padding=1, bias=False)
-            self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-            self.conv3 = nn.Conv2d(width, width, 3, padding=1, bias=False)
-            self.act = nn.ReLU(inplace=True)
-            self.fc = nn.Linear(width * (h // 2) * (w // 2), num_classes, bias=False)
-
-        def forward(self, x):
-            x = F.relu(self.conv1(x))
-            x = self.act(self.conv2(x))
-            x = F.avg_pool2d(self.act(self.conv3(x)), 2)
-            return self.fc(torch.flatten(x, 1))
-
-
-    def small_cnn(num_classes, input_shape, width=8):
-        return SmallCNN(num_classes, input_shape, width)
-
 
     def gelu_net(num_classes, input_shape):
         c, h, w = input_shape
@@ -54,6 +39,7 @@ NETS = textwrap.dedent(
         raise ValueError("width must be even")
     """
 )
+NETS = readme_module() + EXTRA
 
 
 @pytest.fixture
@@ -78,7 +64,7 @@ def test_custom_module_trained_then_swept(rmp, nets: Path) -> None:
     train = rmp(
         "train",
         "model=custom",
-        "model._target_=mynets.small_cnn",
+        "model._target_=mynets.SmallCNN",
         "+model.width=6",
         "train.epochs=2",
         "threads=1",
@@ -88,10 +74,10 @@ def test_custom_module_trained_then_swept(rmp, nets: Path) -> None:
     sweep = rmp("sweep", f"ckpt={ckpt}", "--timesteps", "4,32", "snn.reset=hard,soft", *FAST_SWEEP)
     run = path(sweep)
     df = pd.read_csv(run / "results.csv")
-    assert set(df["model"]) == {"mynets.small_cnn"} and len(df) == 4
+    assert set(df["model"]) == {"mynets.SmallCNN"} and len(df) == 4
     assert (df["energy_ratio"] > 0).all() and (df["ann_macs_per_image"] > 0).all()
     log = (run / "run.log").read_text()
-    assert "model mynets.small_cnn on dataset digits" in log
+    assert "model mynets.SmallCNN on dataset digits" in log
 
 
 @pytest.mark.slow
@@ -104,15 +90,15 @@ def test_plain_pytorch_state_dict_converted_with_weights(rmp, nets: Path, tmp_pa
         import mynets
 
         torch.manual_seed(0)
-        model = mynets.small_cnn(10, (1, 8, 8), width=4)
+        model = mynets.SmallCNN(10, (1, 8, 8), 4)
     finally:
         sys.path.remove(str(nets))
         sys.modules.pop("mynets", None)
-    torch.save({"epoch": 9, "state_dict": model.state_dict()}, tmp_path / "mine.pth")
+    torch.save(model.state_dict(), tmp_path / "mine.pth")
     proc = rmp(
         "convert",
         "model=custom",
-        "model._target_=mynets.small_cnn",
+        "model._target_=mynets.SmallCNN",
         "+model.width=4",
         f"weights={tmp_path / 'mine.pth'}",
         "snn.timesteps=16",
@@ -124,7 +110,7 @@ def test_plain_pytorch_state_dict_converted_with_weights(rmp, nets: Path, tmp_pa
     assert report["energy_ratio"] > 0 and report["ann_macs_per_image"] > 0
     assert "ANN accuracy" in proc.stderr  # printed before converting
     names = pd.read_csv(run / "thresholds.csv")["layer"].tolist()
-    assert names == ["relu", "act", "act#2"]
+    assert names == ["relu", "act"]
 
 
 @pytest.mark.slow
