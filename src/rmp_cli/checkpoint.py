@@ -13,7 +13,7 @@ from torch import nn
 
 from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.config import from_container, to_container
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models import create_model
 
 FORMAT = "rmp-ann-v1"
@@ -32,6 +32,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_torch_save(path, {"format": FORMAT, **payload})
 
 
+def model_from_last(last: dict[str, Any]) -> dict[str, Any]:
+    """model.pt's payload from the last.pt of a run whose every epoch is done: the same weights,
+    config and scores, without the optimizer state (for a run stopped before writing model.pt)."""
+    config = last["config"]
+    dropped = {"format", "kind", "optimizer", "metrics", "path"}
+    return {
+        **{k: v for k, v in last.items() if k not in dropped},
+        "config": to_container(config) if isinstance(config, DictConfig) else config,
+        "kind": "model",
+    }
+
+
 def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str, Any]:
     """Load and validate; every failure is one clear RmpError line."""
     if not path:
@@ -41,13 +53,16 @@ def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str
         raise RmpError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        if exc.errno is None:  # torch's own complaint about the contents, not the disk's
+            raise RmpError(f"checkpoint {path} is corrupt or not a torch file ({exc})") from None
+        raise FileFault("cannot read", path, exc) from None
     except (
         RuntimeError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         EOFError,
         ValueError,
-        OSError,
     ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RmpError(
