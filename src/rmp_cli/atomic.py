@@ -10,6 +10,7 @@ target, and the temporary file is removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from rmp_cli.errors import FileFault, os_error_in
 from rmp_cli.signals import deferred
 
 FILE_MODE = 0o666  # less the umask, as open() does
+# Filesystems that cannot fsync (some FUSE and special mounts): the rename still keeps it atomic.
+_NO_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def temp_path(path: Path) -> Path:
@@ -43,6 +46,9 @@ def _sync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FSYNC:
+            raise
     finally:
         os.close(fd)
 

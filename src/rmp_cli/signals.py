@@ -3,9 +3,10 @@ progress is dropped, and `Interrupted` unwinds the stack so the CLI can say how 
 
 A scheduler (Slurm's time limit, preemption) sends SIGTERM, a user presses Ctrl-C (SIGINT). The
 handler raises `Interrupted` at once, except inside `deferred()` (an atomic write): there it is
-raised when the write is done, so the run keeps that file too. A second Ctrl-C abandons the write
-(its temporary file is removed), a third ends the process at once; repeated SIGTERMs (the
-scheduler signals every process of a job, torchrun forwards it again) change nothing.
+raised when the write is done, so the run keeps that file too. A second Ctrl-C abandons a write
+still in progress (its temporary file is removed), or ends the process at once when none is;
+repeated SIGTERMs (the scheduler signals every process of a job, torchrun forwards it again)
+change nothing.
 """
 
 from __future__ import annotations
