@@ -5,22 +5,33 @@
 Each job is one grid point in its own ordinary run dir (Hydra's job dir); `rmp plot` overlays them.
 `+task=` picks the command: sweep (default), convert or train. The `sweep.grid` of the config is
 not expanded here: the launcher's comma lists are the grid.
+
+A job started again in its job dir continues there: submitit's requeue after a Slurm time limit
+or preemption calls the task function again with the same config, and so does rerunning the same
+command with the same hydra.run.dir / hydra.sweep.dir. A sweep computes only its missing points,
+a training resumes from its last.pt, a finished job is left as it is. A job stopped by SIGTERM /
+SIGINT outside submitit prints the command that continues it alone.
 """
 
 from __future__ import annotations
-
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rmp_cli import stopping
 from rmp_cli.config import config_dir
 from rmp_cli.errors import RmpError
-from rmp_cli.rundir import RunDir, create_run_dir
+from rmp_cli.rundir import create_run_dir, log
 from rmp_cli.runtime import seed_everything, set_quiet, set_threads
 
 TASKS = ("sweep", "convert", "train")
+PROGRAM = ("python", "-m", "rmp_cli.app")
+
+
+def rerun_args(hc: DictConfig) -> list[str]:
+    """The command that continues this job by itself: its overrides, run in its job dir."""
+    return [*hc.overrides.task, f"hydra.run.dir={hc.runtime.output_dir}"]
 
 
 def run_job(cfg: DictConfig) -> str:
@@ -35,17 +46,30 @@ def run_job(cfg: DictConfig) -> str:
     set_quiet(True)
     set_threads(cfg.get("threads"))
     seed_everything(int(cfg.seed))
+    again = rerun_args(hc)
+    stopping.command_typed(again, program=PROGRAM)
     if task == "train":
         from rmp_cli.train import train
+        from rmp_cli.train_command import requeued_state
 
-        train(cfg, create_run_dir("train", cfg, overrides, reuse=True))
+        run = create_run_dir("train", cfg, overrides, reuse=True)
+        stopping.run_opened(run.path, lambda _: again)
+        state = requeued_state(run, cfg)  # refuses a job dir trained with other settings
+        if (run / "model.pt").is_file():
+            log.info("%s already holds a finished training", run.path)
+        else:
+            train(cfg, run, resume_state=state)
     elif task == "convert":
-        from rmp_cli.convert_command import _convert
+        from rmp_cli.convert_command import REPORT, _convert
         from rmp_cli.pipeline import prepare
 
         prepared = prepare(cfg, overrides)
         run = create_run_dir("convert", cfg, overrides, reuse=True)
-        _convert(prepared, run.path, int(cfg.snn.timesteps))
+        stopping.run_opened(run.path, lambda _: again)
+        if (run / REPORT).is_file():
+            log.info("%s already holds a finished convert", run.path)
+        else:
+            _convert(prepared, run.path, int(cfg.snn.timesteps))
     else:
         from rmp_cli.pipeline import validate_snn_config
         from rmp_cli.results import point_key
@@ -53,19 +77,17 @@ def run_job(cfg: DictConfig) -> str:
 
         steps = validate_timesteps(list(OmegaConf.to_container(cfg.sweep.timesteps)))
         validate_snn_config(cfg)
-        run: RunDir = create_run_dir("sweep", cfg, overrides, reuse=True)
-        with RunLock(run.path):
+        run = create_run_dir("sweep", cfg, overrides, reuse=True)
+        stopping.run_opened(run.path, lambda _: again)
+        with RunLock(run.path):  # the points already in results.csv are not computed again
             sweep_points(cfg, [cfg], [point_key(axis_values(cfg))], steps, overrides, run)
     return str(cfg.run_dir)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
-    try:
-        return run_job(cfg)
-    except RmpError as exc:
-        print(f"rmp: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    # Under submitit, SIGTERM and its timeout signal stay submitit's (checkpoint and requeue).
+    return stopping.guarded(lambda: run_job(cfg))
 
 
 if __name__ == "__main__":

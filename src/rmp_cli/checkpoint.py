@@ -13,7 +13,7 @@ from torch import nn
 
 from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.config import from_container, to_container
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import build_from_config
 
 FORMAT = "rmp-ann-v1"
@@ -29,19 +29,34 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_torch_save(path, {"format": FORMAT, **payload})
 
 
+def model_from_last(last: dict[str, Any]) -> dict[str, Any]:
+    """model.pt's payload from the last.pt of a run whose every epoch is done: the same weights,
+    config and scores, without the optimizer state (for a run stopped before writing model.pt)."""
+    config = last["config"]
+    dropped = {"format", "kind", "optimizer", "metrics", "path"}
+    return {
+        **{k: v for k, v in last.items() if k not in dropped},
+        "config": to_container(config) if isinstance(config, DictConfig) else config,
+        "kind": "model",
+    }
+
+
 def _torch_load(path: Path, what: str) -> Any:
     """torch.load with weights_only=True; every failure is one line naming the file."""
     if not path.is_file():
         raise RmpError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        if exc.errno is not None:  # the disk's complaint, not torch's about the contents
+            raise FileFault("cannot read", path, exc) from None
+        raise RmpError(f"{what} {path} is corrupt or not a torch file ({exc})") from None
     except (
         RuntimeError,
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         EOFError,
         ValueError,
-        OSError,
         AttributeError,
         TypeError,
     ) as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,34 @@ def _groups_epilog() -> str:
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one line on stderr and exit code 2; Ctrl-C says how to resume."""
+    """Bad input and OS faults become one line on stderr and exit code 2; SIGTERM / SIGINT say
+    how to resume and exit 143 / 130 (under torchrun on every rank; rank 0 says it)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RmpError as exc:
-            click.echo(f"rmp: error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo(
-                "rmp: interrupted; finished work is saved (see the run dir to resume)", err=True
-            )
-            sys.exit(130)
+        from rmp_cli import stopping
+
+        stopping.command_typed(_as_typed(click.get_current_context()))
+        return stopping.guarded(lambda: fn(*args, **kwargs))
 
     return wrapper
+
+
+def _as_typed(ctx: click.Context) -> list[str]:
+    """The command line after `rmp` (options and arguments as parsed), to repeat it."""
+    args = [str(ctx.info_name)]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if isinstance(param, click.Option):
+            if param.is_flag:
+                args += [param.opts[0]] if value else []
+            elif value is not None:
+                args += [param.opts[0], str(value)]
+        elif isinstance(value, (tuple, list)):
+            args += [str(v) for v in value]
+        elif value is not None:
+            args.append(str(value))
+    return args
 
 
 def prepare(

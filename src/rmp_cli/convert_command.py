@@ -9,17 +9,19 @@ import time
 from pathlib import Path
 
 import click
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import distributed as dist
-from rmp_cli import pipeline
+from rmp_cli import pipeline, stopping
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
 from rmp_cli.energy import EnergyCosts, ann_macs_per_image
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
-from rmp_cli.rundir import create_run_dir, log
+from rmp_cli.rundir import RunDir, create_run_dir, log
+
+REPORT = "convert.json"  # written last: a run dir without it holds an unfinished convert
 
 
 def threshold_rows(names: list[str], thresholds: list, method: str) -> list[dict]:
@@ -52,9 +54,37 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
     # Under torchrun each rank simulates its shard of the test set; rank 0 writes.
     with torchrun_session([cfg]):
         prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
-        run = on_main(lambda: create_run_dir("convert", cfg, overrides))
+        run = on_main(lambda: _open_run(cfg, overrides))
+        stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
         with discard_if_failed(run):
             return _convert(prepared, run.path, timesteps)
+
+
+def _open_run(cfg: DictConfig, overrides: list[str]) -> RunDir:
+    """A new run dir, or the run_dir= of a convert that was stopped before its report with the
+    same settings: rerunning the command finishes it there."""
+    explicit = cfg.get("run_dir")
+    if explicit and unfinished_convert(Path(str(explicit)), cfg):
+        log.info("finishing the interrupted convert in %s", explicit)
+        return create_run_dir("convert", cfg, overrides, reuse=True)
+    return create_run_dir("convert", cfg, overrides)
+
+
+def unfinished_convert(path: Path, cfg: DictConfig) -> bool:
+    recorded = path / ".hydra" / "config.yaml"
+    if (path / REPORT).exists() or not recorded.is_file():
+        return False
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
+    except OSError as exc:
+        raise FileFault("cannot read", recorded, exc) from None
+    except Exception:  # not a record this convert could have written: refuse the dir
+        return False
+    new = to_container(cfg)
+    for volatile in ("run_dir", "device", "threads"):
+        old.pop(volatile, None)  # type: ignore[union-attr]
+        new.pop(volatile, None)
+    return old == new
 
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
@@ -115,7 +145,7 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "simulate_seconds": round(result.seconds, 3),
         "ckpt": str(p.checkpoint["path"]),
     }
-    atomic_write_text(run_path / "convert.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run_path / REPORT, json.dumps(report, indent=2) + "\n")
     log.info(
         "converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
         describe(cfg.model),

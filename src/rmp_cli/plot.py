@@ -9,11 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # headless: clusters and CI have no display
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
+from rmp_cli.atomic import atomic_write
 from rmp_cli.errors import RmpError
 from rmp_cli.results import AXES, read_results
 
 STEM = "accuracy_vs_timesteps"
+FORMATS = ("png", "pdf")
 
 
 def _label(row: pd.Series, varying: list[str], prefix: str) -> str:
@@ -82,16 +85,16 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
     ax_energy.set_title("accuracy vs energy")
     ax_energy.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_stem.with_name(f"{out_stem.name}.{ext}")
-        tmp = path.with_name(f".{path.name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=130)
-        tmp.replace(path)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    try:
+        return [save_figure(fig, out_stem.with_name(f"{out_stem.name}.{ext}")) for ext in FORMATS]
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Atomically, like every result: a full disk leaves the previous figure, not half a PNG."""
+    ext = path.suffix.lstrip(".")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=130))
 
 
 def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:

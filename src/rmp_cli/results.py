@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from rmp_cli.atomic import atomic_write_text
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 
 AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation")
 # Columns added after the first release, with the value older results.csv files implied.
@@ -39,6 +39,8 @@ def read_results(path: Path) -> pd.DataFrame:
         raise RmpError(f"no results.csv in {path.parent}; is it a finished `rmp sweep` run dir?")
     try:
         df = pd.read_csv(path)
+    except OSError as exc:
+        raise FileFault("cannot read", path, exc) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise RmpError(
             f"{path} is not a readable results table ({str(exc).splitlines()[0]})"

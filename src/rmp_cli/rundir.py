@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import __version__
 from rmp_cli.atomic import atomic_write_text
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 
 LOG_NAME = "run.log"
 # What every run dir gets before any work is done (a sweep adds its manifest and lock): a run
@@ -40,7 +41,10 @@ class RunDir:
         """Remove a run dir this invocation created when it failed before producing anything."""
         if not self.created:
             return
-        produced = [p for p in self.path.iterdir() if p.name not in BOOKKEEPING]
+        try:
+            produced = [p for p in self.path.iterdir() if p.name not in BOOKKEEPING]
+        except OSError:
+            return
         if not produced:
             close_logging()
             shutil.rmtree(self.path, ignore_errors=True)
@@ -84,26 +88,42 @@ def create_run_dir(
     """
     if cfg.get("run_dir"):
         path = Path(str(cfg.run_dir))
-        existing = path.exists() and any(path.iterdir())
+        try:
+            existing = path.exists() and any(path.iterdir())
+        except OSError as exc:
+            raise FileFault("cannot read", path, exc) from None
         if existing and not reuse:
             raise RmpError(
                 f"run dir {path} already holds a run; choose another run_dir= (nothing was overwritten)"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        make_dir(path, exist_ok=True)
         created = not existing
     else:
         while True:
             path = new_run_path(command)
             try:
-                path.mkdir(parents=True)
+                make_dir(path)
                 break
             except FileExistsError:
                 continue
         created = True
     run = RunDir(path=path, created=created)
     cfg.run_dir = str(path)
+    try:
+        _record(run, command, cfg, overrides)
+    except BaseException:
+        if created:  # a full disk or a signal before any work: leave no half-made run dir
+            close_logging()
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return run
+
+
+def _record(run: RunDir, command: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The run's record: composed config, overrides, meta.json; then the log starts."""
+    path, created = run.path, run.created
     hydra_dir = path / ".hydra"
-    hydra_dir.mkdir(exist_ok=True)
+    make_dir(hydra_dir, exist_ok=True)
     # A reopened (resumed) run keeps its original record; each resume adds its own overrides file.
     suffix = "" if created else "." + time.strftime("%Y%m%d-%H%M%S") + "-resume"
     if created or not (hydra_dir / "config.yaml").exists():
@@ -129,7 +149,16 @@ def create_run_dir(
     atomic_write_text(path / f"meta{suffix}.json", json.dumps(meta, indent=2) + "\n")
     setup_logging(path / LOG_NAME)
     log.info("rmp %s %s | git %s | run dir %s", command, " ".join(overrides), meta["git_sha"], path)
-    return run
+
+
+def make_dir(path: Path, *, exist_ok: bool = False) -> None:
+    """mkdir -p (mode 0777 less the umask, like any directory); an OS refusal is a FileFault."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and not exist_ok:
+            raise  # the caller picks another name
+        raise FileFault("cannot create", path, exc) from None
 
 
 def quiet_mode(flag: bool = False) -> bool:
@@ -146,9 +175,31 @@ def setup_logging(logfile: Path | None, *, verbose: bool = True) -> None:
     console.setLevel(logging.INFO if verbose else logging.WARNING)
     log.addHandler(console)
     if logfile is not None:
-        handler = logging.FileHandler(logfile)
+        try:
+            handler = RunLogFile(logfile)
+        except OSError as exc:
+            raise FileFault("cannot write", logfile, exc) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
+
+
+class RunLogFile(logging.FileHandler):
+    """run.log. When the disk fills up the log goes on on the console alone, with one warning,
+    instead of logging's traceback per message; the next result file written reports the fault."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        log.removeHandler(self)
+        with contextlib.suppress(OSError):
+            self.close()
+        log.warning(
+            "rmp: warning: cannot write %s: %s; logging to the console only",
+            self.baseFilename,
+            exc.strerror,
+        )
 
 
 def close_logging() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -17,16 +18,16 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import distributed as dist
-from rmp_cli import pipeline
+from rmp_cli import pipeline, stopping
 from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
 from rmp_cli.energy import EnergyCosts, ann_macs_per_image
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
-from rmp_cli.rundir import RunDir, create_run_dir, log
+from rmp_cli.rundir import RunDir, create_run_dir, log, make_dir
 
 # Override keys whose comma lists make a grid; anything else with a comma is refused.
 GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
@@ -177,7 +178,7 @@ def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[st
 def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -> RunDir:
     explicit = cfg.get("run_dir")
     if explicit and (Path(str(explicit)) / MANIFEST).is_file():
-        old = json.loads((Path(str(explicit)) / MANIFEST).read_text())
+        old = read_json(Path(str(explicit)) / MANIFEST)
         if old != manifest:
             raise RmpError(
                 f"run dir {explicit} holds a sweep with other settings; resume it with the "
@@ -191,6 +192,16 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     return run
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file this sweep wrote (atomically); a read fault is one clear line."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise FileFault("cannot read", path, exc) from None
+    except ValueError:
+        raise RmpError(f"{path} is not valid JSON; was it edited by hand?") from None
+
+
 class RunLock:
     """Refuse a second live process in the same run dir (a stale lock from a killed run is taken over)."""
 
@@ -200,9 +211,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
+                self._create()
                 return self
             except FileExistsError:
                 try:
@@ -216,10 +225,23 @@ class RunLock:
                 raise RmpError(
                     f"another rmp process (pid {pid}) is using {self.path.parent}"
                 ) from None
+            except OSError as exc:
+                raise FileFault("cannot write", self.path, exc) from None
         raise RmpError(f"cannot lock {self.path.parent}")
 
+    def _create(self) -> None:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a stale lock is taken over by the next run
+            self.path.unlink(missing_ok=True)
 
 
 # --- the sweep ----------------------------------------------------------------------------
@@ -263,7 +285,7 @@ def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str |
     if (ann_dir / "model.pt").is_file():
         log.info("using the ANN trained earlier in this sweep: %s", ann_dir / "model.pt")
         return str(ann_dir / "model.pt")
-    ann_dir.mkdir(exist_ok=True)
+    make_dir(ann_dir, exist_ok=True)
     state = (
         load_checkpoint(ann_dir / "last.pt", kind="last")
         if (ann_dir / "last.pt").is_file()
@@ -322,6 +344,8 @@ def run_sweep_command(
     with torchrun_session(point_cfgs):
         manifest = _manifest(cfg, steps, keys)
         run = on_main(lambda: _open_run(cfg, overrides, manifest))
+        # Interrupted, the same command with run_dir=RUN computes only the missing points.
+        stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
         with discard_if_failed(run), RunLock(run.path) if dist.is_main() else nullcontext():
             sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
     return run.path
@@ -455,7 +479,7 @@ def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json")
         return math.nan
     path = run / filename
     if path.is_file():
-        return float(json.loads(path.read_text())["accuracy"])
+        return float(read_json(path)["accuracy"])
     metrics = pipeline.ann_metrics(p)
     atomic_write_text(
         path,

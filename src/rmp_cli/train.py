@@ -21,6 +21,7 @@ from rmp_cli.checkpoint import (
     build_model,
     config_payload,
     load_weights,
+    model_from_last,
     read_state_dict,
     save_checkpoint,
 )
@@ -209,8 +210,11 @@ def train(
         seed=int(cfg.seed),
         num_workers=int(cfg.dataset.num_workers),
     )
-    if start_epoch > int(t.epochs):
-        raise RmpError(f"nothing to resume: the checkpoint already finished all {t.epochs} epochs")
+    if start_epoch > int(t.epochs):  # every epoch is done; the run stopped before model.pt
+        if main:
+            save_checkpoint(run / "model.pt", model_from_last(resume_state))
+        dist.barrier()
+        return rows[-1]
     steps_per_epoch = None
     for epoch in range(start_epoch, int(t.epochs) + 1):
         # Reseeding per epoch makes a resumed run replay exactly what an uninterrupted one does.
@@ -270,7 +274,6 @@ def train(
             "seconds": round(time.perf_counter() - tic, 3),
         }
         rows.append(row)
-        write_metrics(run / "metrics.csv", rows)
         common = {
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
             "config": config_payload(cfg),
@@ -284,6 +287,8 @@ def train(
             run / "last.pt",
             {**common, "kind": "last", "optimizer": optimizer.state_dict(), "metrics": rows},
         )
+        # After last.pt: a run stopped between the two resumes from last.pt, which holds the rows.
+        write_metrics(run / "metrics.csv", rows)
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  (%.1fs)",
             epoch,

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rmp_cli import stopping
 from rmp_cli.checkpoint import load_checkpoint
+from rmp_cli.config import to_container
 from rmp_cli.errors import RmpError
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
-from rmp_cli.rundir import create_run_dir, log
+from rmp_cli.rundir import RunDir, create_run_dir, log
 from rmp_cli.train import train, validate_train_config
 
 # Keys that may differ between a resumed run and its checkpoint (they do not change the result).
@@ -37,33 +39,67 @@ def run_train(cfg: DictConfig, overrides: list[str]) -> Path:
         return _run_train(cfg, overrides, device)
 
 
+def resume_args(run_path: Path, overrides: list[str]) -> list[str]:
+    """`train resume=RUN/last.pt`, with the overrides a resume may repeat (device, threads)."""
+    free = RESUME_FREE_KEYS - {"resume", "run_dir"}
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in free]
+    return ["train", f"resume={run_path / 'last.pt'}", *kept]
+
+
+def load_resumable(path: str | Path) -> dict:
+    state = load_checkpoint(path, kind="last")
+    if state.get("kind") != "last" or "optimizer" not in state:
+        raise RmpError(f"{path} is not a resumable checkpoint; resume= takes the last.pt of a run")
+    return state
+
+
 def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
     if not cfg.get("resume"):
         run = on_main(lambda: create_run_dir("train", cfg, overrides))
+        stopping.run_opened(run.path, lambda path: resume_args(path, overrides))
         with discard_if_failed(run):
             train(cfg, run, device=device)
         return run.path
 
-    state = load_checkpoint(cfg.resume, kind="last")
-    if state.get("kind") != "last" or "optimizer" not in state:
-        raise RmpError(
-            f"{cfg.resume} is not a resumable checkpoint; resume= takes the last.pt of a run"
-        )
+    state = load_resumable(cfg.resume)
     ckpt_cfg = state["config"]
     if conflicts := _resume_conflicts(cfg, ckpt_cfg, overrides):
         raise RmpError(
             f"resume would change the run's config: {', '.join(conflicts)}; "
             "resume with the original settings or start a new run"
         )
-    if int(state["epoch"]) >= int(ckpt_cfg.train.epochs):
+    run_path = Path(str(cfg.resume)).resolve().parent
+    # A run whose epochs are all done but that stopped before writing model.pt still resumes.
+    if int(state["epoch"]) >= int(ckpt_cfg.train.epochs) and (run_path / "model.pt").is_file():
         raise RmpError(
             f"nothing to resume: {cfg.resume} already finished all {ckpt_cfg.train.epochs} epochs"
         )
-    run_path = Path(str(cfg.resume)).resolve().parent
     ckpt_cfg.resume = str(cfg.resume)
     ckpt_cfg.device, ckpt_cfg.threads = cfg.device, cfg.get("threads")
     ckpt_cfg.run_dir = str(run_path)
     run = on_main(lambda: create_run_dir("train", ckpt_cfg, overrides, reuse=True))
+    stopping.run_opened(run.path, lambda path: resume_args(path, overrides))
     log.info("continuing %s", run_path)
     train(ckpt_cfg, run, resume_state=state, device=device)
     return run.path
+
+
+def requeued_state(run: RunDir, cfg: DictConfig) -> dict | None:
+    """A job started again in its own run dir (a Slurm requeue, a rerun of the same Hydra job):
+    the state of its last.pt to continue from, None to start afresh. A last.pt made with other
+    settings is refused rather than continued or overwritten."""
+    last = run / "last.pt"
+    if not last.is_file():
+        return None
+    state = load_resumable(last)
+    volatile = ("resume", "run_dir", "device", "threads")
+    want, have = to_container(cfg), to_container(state["config"])
+    for key in volatile:
+        want.pop(key, None)
+        have.pop(key, None)
+    if want != have:
+        raise RmpError(
+            f"{run.path} holds a training with other settings; choose another run dir "
+            "(nothing was overwritten)"
+        )
+    return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import torch
 
 from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.data.locations import cache_home
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,18 @@ def _write_cache(dirs: list[Path], tag: str, key: str, data: FolderImages, expli
         path = folder / _cache_name(tag, key)
         try:
             atomic_torch_save(path, blob)
-        except OSError as exc:
+        except (FileFault, OSError) as exc:
+            fault = exc if isinstance(exc, FileFault) else FileFault("cannot write", path, exc)
             if explicit:
-                raise RmpError(
-                    f"cannot write the image cache to {folder} ({exc}); "
-                    f"set dataset.cache_dir to a writable folder"
+                raise FileFault(
+                    "cannot write the image cache",
+                    path,
+                    fault.os_error,
+                    advice="set dataset.cache_dir to a writable folder with room",
                 ) from None
-            log.info("cannot write cache in %s (%s); trying the next location", folder, exc)
+            log.info(
+                "cannot write cache in %s (%s); trying the next location", folder, fault.reason
+            )
             continue
         log.info("cached decoded images at %s", path)
         _remove_stale(folder, tag, keep=path)
@@ -160,9 +166,10 @@ def _write_cache(dirs: list[Path], tag: str, key: str, data: FolderImages, expli
 def _remove_stale(folder: Path, tag: str, keep: Path) -> None:
     """Older caches of the same folder (a changed file list) are dead weight: drop them."""
     pattern = re.compile(rf"{re.escape(tag)}-[0-9a-f]{{16}}\.pt")
-    for old in folder.iterdir():
-        if old != keep and pattern.fullmatch(old.name):
-            old.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only a clean-up: the new cache is in place
+        for old in folder.iterdir():
+            if old != keep and pattern.fullmatch(old.name):
+                old.unlink(missing_ok=True)
 
 
 def load_image_folder(
