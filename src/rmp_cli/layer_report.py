@@ -149,10 +149,14 @@ def bottleneck_markdown(items: list[dict[str, Any]]) -> str:
             verdict = f"no layer exceeds {BOTTLENECK_FACTOR:g}x the first layer's error"
         else:
             base = item["first_error"]
-            ratio = f"{item['bottleneck_error'] / base:.3g}x" if base > 0 else "above zero"
+            ratio = (
+                f"{item['bottleneck_error'] / base:.3g}x the first"
+                if base > 0
+                else "where the first is exact"
+            )
             verdict = (
                 f"bottleneck `{item['bottleneck']}` (layer {item['bottleneck_depth']} of "
-                f"{item['layers']}): {item['bottleneck_error']:.3g}, {ratio} the first"
+                f"{item['layers']}): {item['bottleneck_error']:.3g}, {ratio}"
             )
         out.write(f"- {where}, {when}: {verdict}; {first}; {worst}\n")
     return out.getvalue()
