@@ -199,6 +199,7 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
         "--timesteps",
         "1,4,16",
         "sweep.grid=['snn.reset=hard,soft']",
+        "report.layers=true",
     ]
     single = tmp_path / last_line(rmp(*args, "run_dir=single"))
     proc = _run_torchrun(tmp_path, *args, "run_dir=sharded")
@@ -208,6 +209,13 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
     b = pd.read_csv(tmp_path / "sharded" / "results.csv")[["reset", *counted]]
     assert len(b) == 6  # one writer: no duplicated rows
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # Layer statistics are sums over images too: the ranks' sums add up to one process's.
+    pd.testing.assert_frame_equal(
+        pd.read_csv(single / "layers.csv"),
+        pd.read_csv(tmp_path / "sharded" / "layers.csv"),
+        check_exact=False,
+        rtol=1e-6,
+    )
     # rmp convert shards the same way: the same accuracy as one process, one run dir.
     convert = ["convert", f"ckpt={ckpt / 'model.pt'}", "threads=1", "snn.timesteps=8"]
     one = json.loads(

@@ -86,6 +86,7 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
         f"ckpt={ckpt}",
         "snn.reset=hard,soft",
         "snn.v_init=0,0.5",
+        "report.layers=true",
         *QUICK,
     ]
     full = tmp_path / last_line(rmp(*args, "run_dir=full"))
@@ -111,6 +112,8 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
     a = pd.read_csv(full / "results.csv").drop(columns="seconds")
     b = pd.read_csv(cut / "results.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
+    # layers.csv holds every point once, as an uninterrupted sweep wrote it.
+    pd.testing.assert_frame_equal(pd.read_csv(full / "layers.csv"), pd.read_csv(cut / "layers.csv"))
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmp_cli.errors import RmpError
 
-GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep", "experiment")
+GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep", "report", "experiment")
 
 
 def config_dir() -> Path:

@@ -12,13 +12,14 @@ import click
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import distributed as dist
-from rmp_cli import pipeline, stopping
+from rmp_cli import layer_report, pipeline, stopping
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
 from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
+from rmp_cli.results import write_csv
 from rmp_cli.rundir import RunDir, create_run_dir, log
 
 REPORT = "convert.json"  # written last: a run dir without it holds an unfinished convert
@@ -145,6 +146,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "simulate_seconds": round(result.seconds, 3),
         "ckpt": str(p.checkpoint["path"]),
     }
+    if result.layers is not None:
+        _write_layers(cfg, run_path, result.layers.rows())
     atomic_write_text(run_path / REPORT, json.dumps(report, indent=2) + "\n")
     log.info(
         "converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
@@ -156,6 +159,17 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     )
     click.echo(format_table(report))
     return run_path
+
+
+def _write_layers(cfg: DictConfig, run_path: Path, rows: list[dict]) -> None:
+    """layers.csv and layers.png: per-layer diagnostics at snn.timesteps."""
+    from rmp_cli.layer_plot import STEM, draw_layers
+    from rmp_cli.sweep import axis_values
+
+    keys = {"dataset": str(cfg.dataset.name), "model": str(cfg.model.name), **axis_values(cfg)}
+    table = layer_report.layer_table(keys, rows)
+    write_csv(run_path / layer_report.LAYERS_FILE, table)
+    draw_layers(table, run_path / STEM)
 
 
 def format_table(r: dict) -> str:

@@ -88,6 +88,9 @@ def validate_snn_config(cfg: DictConfig) -> None:
     if snn.chunk != "auto" and (not isinstance(snn.chunk, int) or snn.chunk < 1):
         raise RmpError(f"snn.chunk must be a positive integer or auto, got {snn.chunk}")
     EnergyCosts.from_config(cfg.get("energy"))
+    layers = OmegaConf.select(cfg, "report.layers", default=False)
+    if not isinstance(layers, bool):
+        raise RmpError(f"report.layers must be true or false, got {layers!r}")
     b = cfg.balance
     if float(b.scale) <= 0:
         raise RmpError(f"balance.scale must be positive, got {b.scale}")
@@ -209,6 +212,11 @@ def balance(p: Prepared, net: SpikingNet, calib: torch.Tensor) -> list[torch.Ten
     )
 
 
+def layer_report_on(cfg: DictConfig) -> bool:
+    """report.layers: per-layer diagnostics (layers.csv, layers.png) from the same simulation."""
+    return OmegaConf.select(cfg, "report.layers", default=False) is True
+
+
 def simulate_test(
     p: Prepared, net: SpikingNet, timesteps: Sequence[int], *, desc: str
 ) -> SimResult:
@@ -239,6 +247,7 @@ def simulate_test(
         readout=str(snn.readout),
         progress=tick,
         precision=str(snn.get("precision", "fp32")),
+        layer_stats=layer_report_on(p.cfg),
     )
     if hasattr(bar, "close"):
         bar.close()

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from rmp_cli.atomic import atomic_write
 from rmp_cli.errors import RmpError
+from rmp_cli.layer_report import LAYERS_FILE, read_layers
 from rmp_cli.results import AXES, read_results
 
 STEM = "accuracy_vs_timesteps"
@@ -103,6 +104,16 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
         if not run.is_dir():
             raise RmpError(f"run dir not found: {run}")
         runs.append((run.name, read_results(run / "results.csv")))
+    # A single run's per-layer figure is redrawn too: RUN/layers.*, or STEM_layers.* with -o.
+    layers_out = None if out is None else out.with_name(f"{out.name}_layers")
     if out is None:
         out = run_dirs[0] / STEM if len(run_dirs) == 1 else Path("overlay")
-    return draw(runs, out)
+    paths = draw(runs, out)
+    if len(run_dirs) == 1 and (run_dirs[0] / LAYERS_FILE).is_file():
+        from rmp_cli.layer_plot import STEM as LAYERS_STEM
+        from rmp_cli.layer_plot import draw_layers
+
+        layers = read_layers(run_dirs[0] / LAYERS_FILE)
+        if len(layers):
+            paths += draw_layers(layers, layers_out or run_dirs[0] / LAYERS_STEM)
+    return paths

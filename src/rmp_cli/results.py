@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -228,9 +229,11 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
     return out.getvalue()
 
 
-def write_summary(run_path: Path, df: pd.DataFrame) -> list[str]:
+def write_summary(run_path: Path, df: pd.DataFrame, sections: Sequence[str] = ()) -> list[str]:
+    """summary.csv and summary.md; `sections`: more markdown appended (e.g. the layer report)."""
     summary = summarize(df)
     lines = headline(df)
     write_csv(run_path / "summary.csv", summary)
-    atomic_write_text(run_path / "summary.md", summary_markdown(summary, lines))
+    text = summary_markdown(summary, lines) + "".join(sections)
+    atomic_write_text(run_path / "summary.md", text)
     return lines

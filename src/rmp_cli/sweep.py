@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import distributed as dist
-from rmp_cli import pipeline, stopping
+from rmp_cli import layer_report, pipeline, stopping
 from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
@@ -362,6 +362,8 @@ def sweep_points(
     results_path = run / "results.csv"
     done = read_results(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
     finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()})
+    if dist.is_main():
+        layer_report.keep_points(run / layer_report.LAYERS_FILE, finished)
     for name, indices in _model_groups(cfg, point_cfgs).items():
         todo = [i for i in indices if keys[i] not in finished]
         for i in indices:
@@ -456,6 +458,8 @@ def _sweep_model(
             else pd.DataFrame(rows, columns=COLUMNS)
         )
         if dist.is_main():
+            if result.layers is not None:  # before results.csv, which marks the point done
+                _append_layers(run, point_cfg, result.layers.rows())
             write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
         best = max(rows, key=lambda r: r["accuracy"])
         log.info(
@@ -492,10 +496,28 @@ def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json")
     return float(metrics["acc"])
 
 
+def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]]) -> None:
+    keys = {
+        "dataset": str(point_cfg.dataset.name),
+        "model": str(point_cfg.model.name),
+        **axis_values(point_cfg),
+    }
+    layer_report.append_layers(run / layer_report.LAYERS_FILE, layer_report.layer_table(keys, rows))
+
+
 def _finish(run: RunDir, df: pd.DataFrame) -> None:
+    from rmp_cli.layer_plot import STEM as LAYERS_STEM
+    from rmp_cli.layer_plot import draw_layers
     from rmp_cli.plot import STEM, draw
 
-    lines = write_summary(run.path, df)
+    sections = []
+    layers_path = run / layer_report.LAYERS_FILE
+    if layers_path.is_file():
+        layers = layer_report.read_layers(layers_path)
+        if len(layers):
+            sections.append(layer_report.bottleneck_markdown(layer_report.bottlenecks(df, layers)))
+            draw_layers(layers, run.path / LAYERS_STEM)
+    lines = write_summary(run.path, df, sections)
     draw([(run.path.name, df)], run.path / STEM)
     for line in lines:
         log.info(line)

@@ -7,6 +7,7 @@ tested, benchmarked and used from a notebook on its own.
 from rmp_cli.snn.encoding import ENCODINGS, poisson_spikes
 from rmp_cli.snn.network import SpikingNet
 from rmp_cli.snn.neurons import RESETS, IFNeuron, hard_reset, soft_reset
+from rmp_cli.snn.probes import LayerProbe, LayerStats
 from rmp_cli.snn.simulator import (
     READOUTS,
     BatchTrace,
@@ -24,6 +25,8 @@ __all__ = [
     "BatchTrace",
     "ChunkedRun",
     "IFNeuron",
+    "LayerProbe",
+    "LayerStats",
     "SimResult",
     "SpikingNet",
     "StopForward",

@@ -8,6 +8,9 @@ Exactness: every step performs the same float32 operations as a plain step-by-st
 the readout is accumulated sequentially, so results do not depend on the chunk size as long as the
 backend's conv/linear kernels give each image the same result whatever the batch size (true on
 CPU for flat batches of 2 or more; a single image at Tc=1 may take a different kernel path).
+Layer diagnostics (a LayerProbe) end chunks at every requested T: on CPU that changes nothing;
+where kernels depend on the batch shape (CUDA, single-image batches) the last bits may differ
+from a run without them, as with any other chunk size.
 
 Counts (all per requested T, summed over images; exact integers, so shards merge exactly):
   correct   images whose label ranks < k in the readout (ties: lower class index first, as argmax)
@@ -36,6 +39,7 @@ from rmp_cli.snn.encoding import batch_generator, check_encoding, poisson_spikes
 from rmp_cli.snn.network import ExecutionPlan, SpikingNet
 from rmp_cli.snn.neurons import IFNeuron, count_per_step
 from rmp_cli.snn.opcount import FanOut, MacCounter
+from rmp_cli.snn.probes import LayerProbe, LayerStats
 
 READOUTS = ("potential", "spikes")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,6 +60,7 @@ class SimResult:
     seconds: float = 0.0
     num_classes: int = 0
     analog_macs_per_image: float = 0.0  # the direct-input layers, run once per image
+    layers: LayerStats | None = None  # per-layer diagnostics (simulate(layer_stats=True))
 
     def _index(self, t: int) -> int:
         try:
@@ -92,6 +97,7 @@ class SimResult:
             other.timesteps != self.timesteps
             or set(other.correct) != set(self.correct)
             or list(other.spikes_per_layer) != list(self.spikes_per_layer)
+            or (self.layers is None) != (other.layers is None)
         ):
             raise RmpError(
                 "cannot merge simulation results with different time-steps, top-k or layers"
@@ -108,6 +114,11 @@ class SimResult:
             seconds=self.seconds + other.seconds,
             num_classes=max(self.num_classes, other.num_classes),
             analog_macs_per_image=max(self.analog_macs_per_image, other.analog_macs_per_image),
+            layers=(
+                self.layers.merge(other.layers)
+                if self.layers is not None and other.layers is not None
+                else None
+            ),
         )
 
 
@@ -189,6 +200,7 @@ class ChunkedRun:
         channels_last: bool | None = None,
         allow_tf32: bool = False,
         precision: str = "fp32",
+        probe: LayerProbe | None = None,
     ) -> None:
         self.net = net
         if precision not in PRECISIONS:
@@ -222,6 +234,10 @@ class ChunkedRun:
         self._hooks = [
             m.register_forward_hook(self._synops_hook(i)) for i, (_, m) in enumerate(self.synaptic)
         ]
+        # Layer diagnostics: chunks then end at the probe's time-steps, where it reads membranes.
+        self.probe = probe
+        if probe is not None:
+            probe.attach()
         self._events: Tensor | None = None
         self._t0 = self._tc = self._batch = 0
         self.dry = False  # True during the auto-chunk sizing step: hooks must not record it
@@ -269,6 +285,8 @@ class ChunkedRun:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self.probe is not None:
+            self.probe.detach()
         self.net.release()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._tf32
         if self.channels_last:
@@ -306,7 +324,8 @@ class ChunkedRun:
     ) -> Iterator[tuple[int, int, Tensor | None]]:
         """Run one batch of images for t_max steps; yield (t0, tc, output currents [tc, B, K]),
         output None when a hook stopped the chunk early. Spike/event counts land in
-        `self.layer_spikes` / `self.layer_events` ([*, t_max])."""
+        `self.layer_spikes` / `self.layer_events` ([*, t_max]). With a probe, chunks also end at
+        its time-steps (results do not depend on where chunks end; see the module docstring)."""
         x = x.to(self.device, torch.float32, non_blocking=True)
         if x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)
@@ -319,6 +338,10 @@ class ChunkedRun:
         # last chunk is run at full length and the extra steps discarded: every T then sees the
         # same chunk shapes, so a run to T_max scores each T exactly as a run to T would.
         pad = self.device.type == "cuda" or batch == 1
+        probe = self.probe
+        stops = [t for t in probe.timesteps if t <= t_max] if probe is not None else []
+        if stops and stops[-1] != t_max:
+            stops.append(t_max)
         room = t_max + self.chunk
         spikes = torch.zeros(len(net.neurons), room, dtype=torch.int64, device=self.device)
         self._events = torch.zeros(len(self.synaptic), room, dtype=torch.int64, device=self.device)
@@ -334,9 +357,19 @@ class ChunkedRun:
                 constants = plan.run_stem(x)
             if counter is not None:
                 self.analog_macs = counter.macs
+        if probe is not None:
+            # The ANN activations of this batch, once; the analog pass shares the synaptic layers,
+            # whose counting hooks must not see it.
+            self.dry = True
+            try:
+                probe.begin(x)
+            finally:
+                self.dry = False
         t0 = 0
         while t0 < t_max:
             tc = self.chunk if pad else min(self.chunk, t_max - t0)
+            if stops:
+                tc = min(tc, next(t for t in stops if t > t0) - t0)
             self._t0, self._tc, self._batch = t0, tc, batch
             net.configure(tc, batch, plan)
             for n in net.neurons:
@@ -351,11 +384,15 @@ class ChunkedRun:
                 for i, n in enumerate(net.neurons):
                     if n.last_counts is not None:
                         spikes[i, t0 : t0 + tc] += n.last_counts
+            if probe is not None and out is not None:
+                probe.record(t0 + tc)
             valid = min(tc, t_max - t0)
             if out is not None:
                 out = out.reshape(tc, batch, *out.shape[1:])[:valid]
             yield t0, valid, out
             t0 += tc
+        if probe is not None:
+            probe.end()
 
 
 # --- scoring -------------------------------------------------------------------------------------
@@ -445,11 +482,13 @@ def simulate(
     channels_last: bool | None = None,
     allow_tf32: bool = False,
     precision: str = "fp32",
+    layer_stats: bool = False,
 ) -> SimResult:
     """Simulate `net` on (images, labels) batches ONCE to max(timesteps) and score every T.
 
     top-k with k > 1 is scored only when the net has more than 10 classes. `progress(images_done)`
-    is called after each batch. Prints nothing."""
+    is called after each batch. `layer_stats`: per-layer diagnostics at every T in
+    `SimResult.layers` (see probes.py). Prints nothing."""
     wanted = check_timesteps(timesteps)
     if readout not in READOUTS:
         raise RmpError(f"unknown readout '{readout}'; choose one of: {', '.join(READOUTS)}")
@@ -459,6 +498,7 @@ def simulate(
     correct: Tensor | None = None
     spikes_total: Tensor | None = None
     events_total: Tensor | None = None
+    probe = LayerProbe(net, wanted) if layer_stats else None
     with (
         torch.inference_mode(),
         ChunkedRun(
@@ -472,6 +512,7 @@ def simulate(
             channels_last=channels_last,
             allow_tf32=allow_tf32,
             precision=precision,
+            probe=probe,
         ) as run,
     ):
         for batch_index, (x, y) in enumerate(batches):
@@ -515,4 +556,5 @@ def simulate(
         seconds=time.perf_counter() - tic,
         num_classes=num_classes,
         analog_macs_per_image=analog_macs,
+        layers=probe.stats() if probe is not None else None,
     )
