@@ -41,7 +41,7 @@ def test_cpu_kernel_equals_eager(case: str) -> None:
 
 
 @needs_compiler
-def test_cpu_kernel_uses_the_threads_torch_is_given() -> None:
+def test_cpu_kernel_is_exact_with_one_and_two_threads() -> None:
     x = kernel_check.currents((8, 16, 8, 32, 32), seed=9)  # 512 work items
     kw = dict(theta=torch.tensor(0.4), reset="soft", v_init=0.0)
     for threads in (1, 2):

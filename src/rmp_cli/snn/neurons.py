@@ -3,7 +3,9 @@
 Per step:  m = v + I;  s = m >= theta;  soft: v = m - s*theta;  hard: v = m*(1 - s).
 The output is s*theta, so the next layer keeps the ANN's weights. Multi-step: the neuron receives a
 chunk of Tc steps as a flat time-major batch [Tc*B, ...] and loops over time itself; membrane state
-is carried from chunk to chunk until `reset_state()`.
+is carried from chunk to chunk until `reset_state()`. A chunk runs as one pass of a fused kernel
+where one can take it (kernels/: Triton on CUDA, a compiled C loop on CPU); the eager loop here
+is the reference they are tested against, bit for bit, and the fallback.
 """
 
 from __future__ import annotations

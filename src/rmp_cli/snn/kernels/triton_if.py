@@ -2,7 +2,7 @@
 
 The membrane stays in registers for the chunk: each current is read once, each spike written
 once, and the per-image spike count of every step is summed in the same pass. The arithmetic is
-the eager rule's, operation for operation (see `IFNeuron.forward`):
+the eager rule's, operation for operation (see `IFNeuron._eager_chunk`):
 
     v = v + I;  fired = v >= theta;  s = 1.0 or 0.0
     soft: v = v - s*theta      hard: v = v - v*s      output: s*theta
