@@ -1,8 +1,8 @@
-"""The IF chunk loop as a small C function: one pass per chunk on CPU, the membrane in L1.
+"""The IF chunk loop as a small C function: one pass per chunk on CPU, the membrane in cache.
 
-Each (image, block of neurons) work item keeps its block of the membrane in cache for all Tc
-steps, reading every current once and writing every spike once; the eager loop makes five
-passes per step over the whole map. The C source is compiled on first use with the system's C
+Each work item (a run of neurons) keeps its part of the membrane in cache for all Tc steps,
+reading every current once and writing every spike once; the eager loop makes five passes per
+step over the whole map. The C source is compiled on first use with the system's C
 compiler (a fraction of a second) into a per-user cache and loaded with ctypes; no compiler, no
 kernel: the neuron falls back to its eager loop.
 
@@ -30,35 +30,44 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-# Neurons per work item: 8 KB of membrane stays in L1 while its Tc steps stream past.
-BLOCK = 2048
+# Neurons per work item: its 128 KB of membrane stays in L2 while the Tc steps stream past, and
+# each step reads and writes 64 KB runs, long enough for the hardware prefetcher (single thread,
+# 2^19 neurons x 32 steps: 8.5 ms with 2^11 per item, 5.6 ms with 2^15; eager 10.6 ms).
+BLOCK = 2**15
 
 SOURCE = r"""
 #include <stdint.h>
 
 #define PARALLEL_MIN 65536 /* neuron-steps per call; torch's own grain is 32768 per op */
 
-/* One work item: neurons [f0, f1) of image b for all steps. THETA(f) is the threshold of
-   neuron f, CURRENT(p) reads current p as float32. Soft: v - s*theta; hard: v - v*s. */
-#define IF_BLOCK(THETA, CURRENT, HARD)                                                       \
+/* One work item: neurons [e0, e1) of the flat step frame [B*F] (whole images or parts of them)
+   for all steps, one image segment [s0, s1) at a time so that spikes are counted per image.
+   THETA(e) is neuron e's threshold, CURRENT(p) reads current p as float32.
+   Soft: v - s*theta; hard: v - v*s. */
+#define IF_ITEM(THETA, CURRENT, HARD)                                                        \
     for (int64_t t = 0; t < steps; t++) {                                                    \
-        const int64_t in = (constant ? 0 : t * n) + b * frame, at = t * n + b * frame;       \
-        int32_t fired = 0;                                                                   \
-        for (int64_t f = f0; f < f1; f++) {                                                  \
-            const float m = vb[f] + CURRENT(in + f);                                         \
-            const float s = m >= THETA(f) ? 1.0f : 0.0f;                                     \
-            vb[f] = HARD ? m - m * s : m - s * THETA(f);                                     \
-            out[at + f] = s * THETA(f);                                                      \
-            fired += m >= THETA(f);                                                          \
-        }                                                                                    \
-        if (counts) {                                                                        \
-            _Pragma("omp atomic")                                                            \
-            counts[t * batch + b] += fired;                                                  \
+        const int64_t in = constant ? 0 : t * n, at = t * n;                                 \
+        for (int64_t s0 = e0, s1; s0 < e1; s0 = s1) {                                        \
+            const int64_t b = s0 / frame, base = b * frame;                                  \
+            s1 = base + frame < e1 ? base + frame : e1;                                      \
+            int32_t fired = 0;                                                               \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                const float m = v[e] + CURRENT(in + e);                                      \
+                const float s = m >= THETA(e) ? 1.0f : 0.0f;                                 \
+                v[e] = HARD ? m - m * s : m - s * THETA(e);                                  \
+                out[at + e] = s * THETA(e);                                                  \
+                fired += m >= THETA(e);                                                      \
+            }                                                                                \
+            if (counts) {                                                                    \
+                _Pragma("omp atomic")                                                        \
+                counts[t * batch + b] += fired;                                              \
+            }                                                                                \
         }                                                                                    \
     }
 
-#define LAYER_THETA(f) theta[0]
-#define FRAME_THETA(f) theta[f]
+/* the layer's threshold in a local: read through a pointer, it blocks vectorisation */
+#define LAYER_THETA(e) layer_theta
+#define FRAME_THETA(e) theta[(e) - base]
 #define F32(p) ((const float *)x)[p]
 #define BF16(p) bf16_to_f32(((const uint16_t *)x)[p])
 
@@ -72,24 +81,23 @@ void if_chunk(float *restrict v, const void *restrict x, const float *restrict t
               float *restrict out, int64_t *restrict counts, int64_t batch, int64_t frame,
               int64_t steps, int64_t block, int constant, int hard, int per_neuron, int bf16)
 {
-    const int64_t per_image = (frame + block - 1) / block, n = batch * frame;
+    const int64_t n = batch * frame, items = (n + block - 1) / block;
+    const float layer_theta = theta[0];
     /* small chunks stay on the calling thread: waking the pool costs more than they take */
     #pragma omp parallel for schedule(static) if (n * steps >= PARALLEL_MIN)
-    for (int64_t w = 0; w < batch * per_image; w++) {
-        const int64_t b = w / per_image, f0 = (w % per_image) * block;
-        const int64_t f1 = f0 + block < frame ? f0 + block : frame;
-        float *restrict vb = v + b * frame;
+    for (int64_t w = 0; w < items; w++) {
+        const int64_t e0 = w * block, e1 = e0 + block < n ? e0 + block : n;
         /* one specialised loop per case, so the inner loop has no branches to vectorise */
         if (bf16) {
-            if (per_neuron) { if (hard) { IF_BLOCK(FRAME_THETA, BF16, 1) }
-                              else      { IF_BLOCK(FRAME_THETA, BF16, 0) } }
-            else            { if (hard) { IF_BLOCK(LAYER_THETA, BF16, 1) }
-                              else      { IF_BLOCK(LAYER_THETA, BF16, 0) } }
+            if (per_neuron) { if (hard) { IF_ITEM(FRAME_THETA, BF16, 1) }
+                              else      { IF_ITEM(FRAME_THETA, BF16, 0) } }
+            else            { if (hard) { IF_ITEM(LAYER_THETA, BF16, 1) }
+                              else      { IF_ITEM(LAYER_THETA, BF16, 0) } }
         } else {
-            if (per_neuron) { if (hard) { IF_BLOCK(FRAME_THETA, F32, 1) }
-                              else      { IF_BLOCK(FRAME_THETA, F32, 0) } }
-            else            { if (hard) { IF_BLOCK(LAYER_THETA, F32, 1) }
-                              else      { IF_BLOCK(LAYER_THETA, F32, 0) } }
+            if (per_neuron) { if (hard) { IF_ITEM(FRAME_THETA, F32, 1) }
+                              else      { IF_ITEM(FRAME_THETA, F32, 0) } }
+            else            { if (hard) { IF_ITEM(LAYER_THETA, F32, 1) }
+                              else      { IF_ITEM(LAYER_THETA, F32, 0) } }
         }
     }
 }
