@@ -2,6 +2,10 @@
 then rmp's peak memory against T at a fixed batch, the cost of a whole sweep to T=2048 against the
 dense bound (one ANN forward pass x 2048), and threshold balancing time per method.
 
+`rmp` runs as the simulator does by default (the fused CPU neuron kernel, snn/kernels/), and
+`rmp_eager` the same with the eager neuron loop, so one run shows the kernel's effect; the table's
+last column is rmp against the faster of SpikingJelly's two modes.
+
 Every configuration runs in its own child process so that peak resident memory (ru_maxrss) is
 not mixed between configurations. All runners use the same converted net (random weights,
 max_act thresholds on random calibration images), direct input and the accumulated output
@@ -38,7 +42,7 @@ THREADS = 2
 BATCH = 32
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = {"digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28), "resnet20": (3, 32, 32)}
-METHODS = ("rmp", "naive", "sj_multistep", "sj_singlestep")
+METHODS = ("rmp", "rmp_eager", "naive", "sj_multistep", "sj_singlestep")
 # Images per (model, T), sized for the slowest runner on 2 shared cores (mnist_cnn runs ~100-350
 # image-steps/s there, so T=1024 gets a single batch of 4 images).
 IMAGES = {
@@ -121,6 +125,11 @@ def stepwise_predictions(module: nn.Module, x: Tensor, steps: int, reset: Callab
     return torch.cat(preds)
 
 
+def run_rmp_eager(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
+    net.neuron_backend = "eager"
+    return run_rmp(net, x, steps)
+
+
 def run_rmp(net: SpikingNet, x: Tensor, steps: int) -> tuple[float, Tensor]:
     batches = [(b, torch.zeros(len(b), dtype=torch.long)) for b in x.split(BATCH)]
     tic = time.perf_counter()
@@ -198,6 +207,7 @@ def timed(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
 
 RUNNERS = {
     "rmp": run_rmp,
+    "rmp_eager": run_rmp_eager,
     "naive": run_naive,
     "sj_multistep": run_sj_multi,
     "sj_singlestep": run_sj_single,
@@ -333,7 +343,7 @@ def extra_markdown(memory: list[dict], bounds: list[dict], balancing: list[dict]
     return "\n".join(lines) + "\n"
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], ratios: list[dict]) -> str:
     lines = [
         "| model | T | runner | images | seconds | image-steps/s | peak RSS MB | agreement |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
@@ -344,7 +354,44 @@ def markdown(rows: list[dict]) -> str:
             f"{r['seconds']:.2f} | {r['image_steps_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | "
             f"{r['agreement']:.3f} |"
         )
+    if ratios:
+        lines += [
+            "",
+            "Speed ratios (image-steps/s):",
+            "",
+            "| model | T | rmp / faster SJ | rmp_eager / faster SJ | rmp / rmp_eager |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['timesteps']} | {r['rmp_vs_faster_sj']:.2f} | "
+            f"{r['rmp_eager_vs_faster_sj']:.2f} | {r['rmp_vs_rmp_eager']:.2f} |"
+            for r in ratios
+        ]
     return "\n".join(lines) + "\n"
+
+
+def speed_ratios(rows: list[dict]) -> list[dict]:
+    """Per (model, T): rmp and rmp_eager against the faster SpikingJelly mode, and each other."""
+    out = []
+    for model, steps in dict.fromkeys((r["model"], r["timesteps"]) for r in rows):
+        speed = {
+            r["runner"]: r["image_steps_per_s"]
+            for r in rows
+            if r["model"] == model and r["timesteps"] == steps
+        }
+        sj = max((v for k, v in speed.items() if k.startswith("sj_")), default=None)
+        if sj is None or "rmp_eager" not in speed:
+            continue
+        out.append(
+            {
+                "model": model,
+                "timesteps": steps,
+                "rmp_vs_faster_sj": speed["rmp"] / sj,
+                "rmp_eager_vs_faster_sj": speed["rmp_eager"] / sj,
+                "rmp_vs_rmp_eager": speed["rmp"] / speed["rmp_eager"],
+            }
+        )
+    return out
 
 
 def main() -> None:
@@ -357,6 +404,7 @@ def main() -> None:
         print(json.dumps(child(model, method, int(steps), int(n))))
         return
 
+    load_start = os.getloadavg()  # how busy the machine was: the figures depend on it
     methods = [m for m in METHODS if sj_available() or not m.startswith("sj_")]
     if len(methods) < len(METHODS):
         print("spikingjelly not importable: skipping its runners", file=sys.stderr)
@@ -387,6 +435,7 @@ def main() -> None:
             balancing.append({"model": model} | run_config(model, "balance", 0, 0))
             print(f"{model}: memory {memory[-1]}, bound {bounds[-1]['ratio']:.2f}", flush=True)
 
+    ratios = speed_ratios(rows)
     report = {
         "machine": {
             "processor": platform.processor() or platform.machine(),
@@ -398,14 +447,16 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "batch_size": BATCH,
         "quick": args.quick,
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "note": "agreement = fraction of images whose prediction equals rmp's; seconds = fastest "
         f"of {REPEATS} runs in one process (all_seconds: every run)",
         "results": rows,
+        "speed_ratios": ratios,
         "memory_vs_t": memory,
         "sweep_vs_dense_bound": bounds,
         "balance_seconds": balancing,
     }
-    table = markdown(rows) + (extra_markdown(memory, bounds, balancing) if memory else "")
+    table = markdown(rows, ratios) + (extra_markdown(memory, bounds, balancing) if memory else "")
     suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"simulator{suffix}.json", json.dumps(report, indent=2) + "\n")

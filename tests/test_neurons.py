@@ -97,20 +97,25 @@ def test_output_carries_threshold_and_threshold_scales_the_rate() -> None:
     assert int((out > 0).sum()) == 2  # 8 * 0.5 / 2
 
 
+@pytest.mark.parametrize("backend", ["eager", "auto"])  # auto: the CPU kernel where it builds
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 20])
-def test_chunked_calls_equal_single_steps_and_state_carries_over(reset: str, chunk: int) -> None:
+def test_chunked_calls_equal_single_steps_and_state_carries_over(
+    reset: str, chunk: int, backend: str
+) -> None:
     torch.manual_seed(0)
     steps, batch = 20, 3
     x = torch.rand(steps, batch, 4, 5, 5) * 0.8
     theta = torch.rand(4) + 0.3
     ref = IFNeuron(reset=reset)
+    ref.backend = "eager"
     ref.set_threshold(theta)
     expected = []
     for t in range(steps):
         ref.configure(1, batch)
         expected.append(ref(x[t]))
     neuron = IFNeuron(reset=reset)
+    neuron.backend = backend
     neuron.set_threshold(theta)
     neuron.count_spikes = True
     got, counts = [], []
@@ -223,6 +228,7 @@ def test_per_step_and_per_chunk_counting_give_identical_results(
     for threshold in (0, 2**40):  # every step counted at once / every chunk
         monkeypatch.setattr(neurons, "_PER_STEP_MIN", threshold)
         n = IFNeuron(theta, reset=reset)
+        n.backend = "eager"  # the eager loop's two ways of counting
         n.count_spikes = True
         n.configure(6, 3)
         out = n(x).clone()

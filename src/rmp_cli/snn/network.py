@@ -20,7 +20,13 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from rmp_cli.errors import RmpError
-from rmp_cli.snn.neurons import IFNeuron, check_reset, check_v_init
+from rmp_cli.snn.neurons import (
+    IFNeuron,
+    check_backend,
+    check_reset,
+    check_v_init,
+    default_backend,
+)
 
 SYNAPTIC_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Modules that only reshape or pass through: walked over when looking for the output layer.
@@ -158,6 +164,7 @@ class SpikingNet(nn.Module):
         self.output_layer = _output_layer(self.graph, module)
         self.reset_mode = reset
         self.v_init = v_init
+        self.neuron_backend = default_backend()
 
     # --- configuration --------------------------------------------------------------------------
     @property
@@ -201,6 +208,17 @@ class SpikingNet(nn.Module):
         self._v_init = check_v_init(value)
         for n in self._neurons:
             n.v_init = self._v_init
+
+    @property
+    def neuron_backend(self) -> str:
+        """How the neurons run a chunk: "auto" (fused kernel on CUDA), "eager" or "triton"."""
+        return self._backend
+
+    @neuron_backend.setter
+    def neuron_backend(self, backend: str) -> None:
+        self._backend = check_backend(backend)
+        for n in self._neurons:
+            n.backend = backend
 
     # --- execution ------------------------------------------------------------------------------
     def configure(self, chunk: int, batch: int | None, plan: ExecutionPlan | None = None) -> None:

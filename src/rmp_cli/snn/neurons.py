@@ -3,11 +3,14 @@
 Per step:  m = v + I;  s = m >= theta;  soft: v = m - s*theta;  hard: v = m*(1 - s).
 The output is s*theta, so the next layer keeps the ANN's weights. Multi-step: the neuron receives a
 chunk of Tc steps as a flat time-major batch [Tc*B, ...] and loops over time itself; membrane state
-is carried from chunk to chunk until `reset_state()`.
+is carried from chunk to chunk until `reset_state()`. A chunk runs as one pass of a fused kernel
+where one can take it (kernels/: Triton on CUDA, a compiled C loop on CPU); the eager loop here
+is the reference they are tested against, bit for bit, and the fallback.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -16,6 +19,7 @@ from torch import Tensor, nn
 from rmp_cli.errors import RmpError
 
 RESETS = ("soft", "hard")
+BACKENDS = ("auto", "eager", "triton", "cpu")
 
 
 # --- reset rules: the one line in which hard and soft differ --------------------------------------
@@ -56,6 +60,17 @@ def check_reset(reset: str) -> str:
     return reset
 
 
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise RmpError(f"unknown neuron backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    return backend
+
+
+def default_backend() -> str:
+    """$RMP_NEURON_BACKEND (e.g. "eager" to rule the kernels out of a run), else "auto"."""
+    return check_backend(os.environ.get("RMP_NEURON_BACKEND") or "auto")
+
+
 def check_v_init(v_init: float) -> float:
     v_init = float(v_init)
     if not 0.0 <= v_init < 1.0:
@@ -85,7 +100,19 @@ class IFNeuron(nn.Module):
         self.last_counts: Tensor | None = None  # spikes per step of the last call, [Tc]
         self.last_output: Tensor | None = None
         self.v: Tensor | None = None
+        self.backend = default_backend()
         self._fresh = True
+
+    @property
+    def backend(self) -> str:
+        """How a chunk runs: "auto" (the fused kernel of the device, kernels/, where it can run;
+        else the eager loop), "eager", or a kernel by name, "triton" or "cpu". The tests hold
+        every kernel bit-identical to the eager loop."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
 
     def extra_repr(self) -> str:
         shape = tuple(self.threshold.shape)
@@ -154,7 +181,6 @@ class IFNeuron(nn.Module):
         theta = self._theta(x.dim(), x.shape[1] if x.dim() > 1 else 1)
         if self._fresh or self.v is None or self.v.shape != shape:
             self._init_state(shape, x, theta)
-        v = self.v
         # A fresh output each call (callers may keep it); allocation is cheap once the allocator
         # keeps freed blocks (see allocator.py). Time-major, in the input's memory format.
         flat = torch.empty(
@@ -164,15 +190,53 @@ class IFNeuron(nn.Module):
             memory_format=memory_format_of(x),
         )
         out = flat.view(tc, *shape)  # splitting the outermost dim is a view in any memory format
-        steps = None if constant else x.reshape(tc, *shape)
+        kernel = self._kernel_for(x)
+        if kernel is None:
+            self._eager_chunk(x, out, theta, constant)
+        else:
+            from rmp_cli.snn.kernels import fused_chunk
+
+            self.last_counts = fused_chunk(
+                kernel,
+                x,
+                self.v,
+                self.threshold,
+                out,
+                steps=tc,
+                hard=self.reset_mode == "hard",
+                constant=constant,
+                count=self.count_spikes,
+            )
+        self.last_output = flat
+        return flat
+
+    def _kernel_for(self, x: Tensor) -> str | None:
+        """The fused kernel for this chunk (None: the eager loop). "auto" takes the device's
+        kernel where it can run and falls back quietly; a kernel asked for by name must run."""
+        if self.backend == "eager":
+            return None
+        from rmp_cli.snn import kernels
+
+        kernel = kernels.default_kernel(x.device) if self.backend == "auto" else self.backend
+        why = kernels.refusal(kernel, x, self.v, self.threshold)
+        if why is None:
+            return kernel
+        if self.backend != "auto":
+            raise RmpError(f"neuron '{self.name}': the {kernel} kernel cannot run here: {why}")
+        return None
+
+    def _eager_chunk(self, x: Tensor, out: Tensor, theta: Tensor, constant: bool) -> None:
+        """The reference: one step at a time, in place, in float32 (see the module docstring)."""
+        v, (tc, batch) = self.v, out.shape[:2]
+        steps = None if constant else x.reshape(tc, batch, *x.shape[1:])
         reset_ = _RESET_IN_PLACE[self.reset_mode]
         # Large steps are counted and scaled while still in cache (12-35% faster on 2 CPU cores
         # than two passes over the chunk afterwards); small ones in one call per chunk, where
         # per-call overhead outweighs cache misses (measured crossover ~2^17 elements).
-        per_step = shape.numel() >= _PER_STEP_MIN
+        per_step = v.numel() >= _PER_STEP_MIN
         per_image = None
         if self.count_spikes and per_step:
-            per_image = _counts_buffer((tc, batch), shape[1:].numel(), x.device)
+            per_image = _counts_buffer((tc, batch), v[0].numel(), x.device)
         for t in range(tc):
             s = out[t]
             v.add_(x if steps is None else steps[t])
@@ -188,8 +252,6 @@ class IFNeuron(nn.Module):
             self.last_counts = count_per_step(out)
         if not per_step:
             out.mul_(theta)
-        self.last_output = flat
-        return flat
 
     def release(self) -> None:
         """Drop state and buffers (memory) after a simulation."""
