@@ -1,9 +1,9 @@
 """ANN -> SpikingNet: fold BN, drop dropout, replace every activation by an IF neuron.
 
 Everything else must be exactly linear so that rates stay proportional to activations: conv,
-linear, average pooling, flatten, identity and residual additions. Anything else (max-pooling,
-functional nonlinearities, unknown layers) is refused with the layer's path, never silently
-mis-converted.
+linear, average pooling, flatten, identity and residual additions. Max-pooling is replaced first,
+per `maxpool` (convert/maxpool.py: spike-gated, average, or refused). Anything else (functional
+nonlinearities, unknown layers) is refused with the layer's path, never silently mis-converted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmp_cli.convert.bn_fold import BATCHNORM_TYPES, fold_batchnorm, replace_submodule
+from rmp_cli.convert.maxpool import replace_max_pools
 from rmp_cli.errors import RmpError
+from rmp_cli.snn.maxpool import MaxPoolGate
 from rmp_cli.snn.network import SYNAPTIC_TYPES, SpikingNet, is_activation, node_module, trace_graph
 from rmp_cli.snn.neurons import IFNeuron, check_reset, check_v_init
 
@@ -95,13 +97,16 @@ def to_spiking(
     reset: str = "soft",
     v_init: float = 0.0,
     per_channel: bool = False,
+    maxpool: str = "gate",
 ) -> SpikingNet:
-    """Convert a trained ANN (left untouched) into a SpikingNet with thresholds 1.0."""
+    """Convert a trained ANN (left untouched) into a SpikingNet with thresholds 1.0.
+    `maxpool`: gate | avg | refuse, what becomes of max-pooling (convert/maxpool.py)."""
     check_reset(reset)
     check_v_init(v_init)
     model = copy.deepcopy(ann).eval().float()
     for p in model.parameters():
         p.requires_grad_(False)
+    model = replace_max_pools(model, maxpool)
     graph = trace_graph(model)
     check_supported(graph, model)
     fold_batchnorm(model, graph)
@@ -153,7 +158,14 @@ def check_supported(graph: fx.Graph, model: nn.Module) -> None:
                     )
                 continue
             if not isinstance(
-                m, (*SYNAPTIC_TYPES, *BATCHNORM_TYPES, *DROPOUT_TYPES, *LINEAR_PASS_TYPES)
+                m,
+                (
+                    *SYNAPTIC_TYPES,
+                    *BATCHNORM_TYPES,
+                    *DROPOUT_TYPES,
+                    *LINEAR_PASS_TYPES,
+                    MaxPoolGate,
+                ),
             ):
                 raise RmpError(
                     f"layer '{name}' is {kind}: not supported by the ANN-to-SNN "

@@ -1,0 +1,71 @@
+"""End to end: a max-pool network through `rmp convert` / `rmp sweep` with snn.maxpool=gate|avg|refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["threads=1", "balance=max_act", "balance.num_images=64", "dataset.subset=120"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("ann")
+    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "model.pool=max"))
+    return run / "model.pt"
+
+
+def _convert(rmp, tmp_path: Path, ckpt: Path, mode: str) -> tuple[dict, str]:
+    proc = rmp("convert", f"ckpt={ckpt}", f"snn.maxpool={mode}", "snn.timesteps=64", *QUICK)
+    report = json.loads((tmp_path / last_line(proc) / "convert.json").read_text())
+    return report, proc.stdout
+
+
+def test_gate_and_avg_convert_a_max_pool_network(rmp, tmp_path: Path, ckpt: Path) -> None:
+    gate, gate_table = _convert(rmp, tmp_path, ckpt, "gate")
+    assert gate["maxpool"] == "gate" and gate["ann_accuracy_before_avg"] is None
+    assert gate["snn_accuracy"] > 0.5 and gate["synops_per_image"] > 0
+    assert "ANN as trained" not in gate_table
+
+    avg, avg_table = _convert(rmp, tmp_path, ckpt, "avg")
+    # The ANN as trained is the one the gate run converted; the changed ANN is reported apart.
+    assert avg["ann_accuracy_before_avg"] == gate["ann_accuracy"]
+    assert "ANN as trained (max-pool)" in avg_table and "ANN with avg pooling" in avg_table
+    before = f"{avg['ann_accuracy_before_avg'] * 100:.2f}%"
+    assert before in avg_table.split("ANN as trained (max-pool)")[1].splitlines()[0]
+
+
+def test_refused_max_pool_and_bad_mode_are_one_line_errors(rmp, tmp_path: Path, ckpt: Path) -> None:
+    proc = rmp("convert", f"ckpt={ckpt}", "snn.maxpool=refuse", *QUICK, check=False)
+    assert proc.returncode == 2
+    assert_clean_error(proc, "is MaxPool2d: max-pooling is refused", "snn.maxpool=gate")
+    proc = rmp("sweep", f"ckpt={ckpt}", "snn.maxpool=maybe", *QUICK, check=False)
+    assert proc.returncode == 2
+    assert_clean_error(proc, "unknown snn.maxpool 'maybe'; choose one of: gate, avg, refuse")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_with_avg_keeps_both_ann_accuracies(rmp, tmp_path: Path, ckpt: Path) -> None:
+    run = tmp_path / last_line(
+        rmp(
+            "sweep",
+            "--timesteps",
+            "8,32",
+            f"ckpt={ckpt}",
+            "snn.maxpool=avg",
+            "snn.reset=soft",
+            *QUICK,
+        )
+    )
+    ann = json.loads((run / "ann.json").read_text())
+    assert 0 < ann["accuracy_before_avg"] <= 1
+    df = pd.read_csv(run / "results.csv")
+    assert (df["ann_accuracy"] == ann["accuracy"]).all()  # the SNN's reference: the changed ANN
+    assert "snn.maxpool=avg: ANN accuracy" in (run / "run.log").read_text()
