@@ -14,33 +14,27 @@ from torch import nn
 from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.config import from_container, to_container
 from rmp_cli.errors import RmpError
-from rmp_cli.models import create_model
+from rmp_cli.models.sources import build_from_config
 
 FORMAT = "rmp-ann-v1"
-MODEL_KEYS = ("name", "bias", "batch_norm", "pool", "dropout", "activation", "act_levels", "width")
+# model.* keys that only say how to initialise a net, not which net it is.
+INIT_ONLY_KEYS = ("weights",)
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    m = cfg.model
-    knobs = {k: m[k] for k in MODEL_KEYS[1:] if k in m}
-    return create_model(
-        str(m.name), num_classes=num_classes, input_shape=tuple(input_shape), **knobs
-    )
+    return build_from_config(cfg.model, num_classes, tuple(input_shape))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_torch_save(path, {"format": FORMAT, **payload})
 
 
-def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str, Any]:
-    """Load and validate; every failure is one clear RmpError line."""
-    if not path:
-        raise RmpError(f"no checkpoint given; pass ckpt=PATH to a {kind}.pt written by `rmp train`")
-    path = Path(str(path))
+def _torch_load(path: Path, what: str) -> Any:
+    """torch.load with weights_only=True; every failure is one line naming the file."""
     if not path.is_file():
-        raise RmpError(f"checkpoint not found: {path}")
+        raise RmpError(f"{what} not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (
         RuntimeError,
         pickle.UnpicklingError,
@@ -48,11 +42,19 @@ def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str
         EOFError,
         ValueError,
         OSError,
+        AttributeError,
+        TypeError,
     ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RmpError(
-            f"checkpoint {path} is corrupt or not a torch file ({reason[:120]})"
-        ) from None
+        raise RmpError(f"{what} {path} is corrupt or not a torch file ({reason[:120]})") from None
+
+
+def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str, Any]:
+    """Load and validate; every failure is one clear RmpError line."""
+    if not path:
+        raise RmpError(f"no checkpoint given; pass ckpt=PATH to a {kind}.pt written by `rmp train`")
+    path = Path(str(path))
+    data = _torch_load(path, "checkpoint")
     if not isinstance(data, dict) or data.get("format") != FORMAT or "state_dict" not in data:
         raise RmpError(
             f"{path} is not an rmp checkpoint (expected a {kind}.pt written by `rmp train`)"
@@ -62,34 +64,75 @@ def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str
     return data
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights trained elsewhere: a plain state_dict, a dict holding one under `state_dict` or
+    `model`, or an rmp checkpoint. DistributedDataParallel's `module.` prefix is dropped."""
+    path = Path(str(path))
+    data = _torch_load(path, "weights file")
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+    ):
+        raise RmpError(
+            f"weights file {path} holds no state_dict (expected parameter names mapped to "
+            "tensors, or a dict with one under 'state_dict' or 'model')"
+        )
+    if all(k.startswith("module.") for k in data):
+        data = {k[len("module.") :]: v for k, v in data.items()}
+    return data
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load `state` into `model` strictly; mismatches are one line listing the first few."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise RmpError(f"weights {source} do not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
 def check_same_model(
     ckpt_cfg: DictConfig, cfg: DictConfig, overrides: list[str], path: Path
 ) -> None:
     """Refuse a checkpoint whose architecture or dataset differs from what the overrides ask for."""
     asked = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     # Only what defines the trained net counts: dataset.subset=... asks nothing of the checkpoint.
-    checked = [("dataset", "name")] + [("model", key) for key in MODEL_KEYS]
-    for group, key in checked:
-        if group in asked or f"{group}.{key}" in asked:
-            want, have = cfg[group].get(key), ckpt_cfg[group].get(key)
-            if want != have:
-                raise RmpError(
-                    f"checkpoint {path} was trained with {group}.{key}={have}, but the overrides ask "
-                    f"for {group}.{key}={want}; drop that override or use a matching checkpoint"
-                )
+    checked = {("dataset", "name")} if asked & {"dataset", "dataset.name"} else set()
+    if "model" in asked:
+        checked |= {("model", key) for key in set(cfg.model) | set(ckpt_cfg.model)}
+    checked |= {("model", a.split(".", 1)[1]) for a in asked if a.startswith("model.")}
+    for group, key in sorted(checked):
+        if group == "model" and key in INIT_ONLY_KEYS:
+            continue
+        want, have = cfg[group].get(key), ckpt_cfg[group].get(key)
+        if want != have:
+            raise RmpError(
+                f"checkpoint {path} was trained with {group}.{key}={have}, but the overrides ask "
+                f"for {group}.{key}={want}; drop that override or use a matching checkpoint"
+            )
 
 
 def load_model(data: dict[str, Any]) -> nn.Module:
     """Rebuild the ANN from a loaded checkpoint (its own config decides the architecture)."""
     cfg = data["config"]
     model = build_model(cfg, int(data["num_classes"]), tuple(data["input_shape"]))
-    try:
-        model.load_state_dict(data["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RmpError(
-            f"checkpoint {data['path']} does not fit model {cfg.model.name}: {first}"
-        ) from None
+    load_weights(model, data["state_dict"], f"in checkpoint {data['path']}")
     return model.eval()
 
 

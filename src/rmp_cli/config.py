@@ -50,9 +50,29 @@ def _check_group_choices(overrides: Sequence[str]) -> None:
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose config.yaml with overrides (no run dir, no logging: callers own those)."""
+    """Compose config.yaml with overrides (no run dir, no logging: callers own those).
+
+    `model=auto` (the default) becomes the dataset's `default_model`: decided on a first
+    composition without the model.* overrides (they may name keys only that model has)."""
     overrides = list(overrides)
     _check_group_choices(overrides)
+    probe = _compose([o for o in overrides if not _is_model_key(o)])
+    if probe.model.get("name") != "auto":
+        return _compose(overrides)
+    default = probe.dataset.get("default_model")
+    if not default:
+        raise RmpError(
+            f"dataset {probe.dataset.get('name')} names no default_model; choose one with model="
+        )
+    _check_group_choices([f"model={default}"])
+    return _compose([o for o in overrides if o != "model=auto"] + [f"model={default}"])
+
+
+def _is_model_key(override: str) -> bool:
+    return override.lstrip("+~").startswith("model.")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):

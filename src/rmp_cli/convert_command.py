@@ -16,6 +16,7 @@ from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
 from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.rundir import create_run_dir, log
 
@@ -59,6 +60,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     cfg = p.cfg
     # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
     ann = pipeline.ann_metrics(p) if dist.is_main() else None
+    if ann is not None:  # before converting: do the weights and the preprocessing match?
+        log.info("ANN accuracy %.2f%% on %d test images", ann["acc"] * 100, len(p.data.test))
     # snn.maxpool=avg changed the ANN: report it as trained too, so the change is visible.
     before = (
         pipeline.ann_metrics(p, before=True)
@@ -117,7 +120,7 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     atomic_write_text(run_path / "convert.json", json.dumps(report, indent=2) + "\n")
     log.info(
         "converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
-        cfg.model.name,
+        describe(cfg.model),
         len(net.neuron_names),
         cfg.balance.method,
         balance_seconds,

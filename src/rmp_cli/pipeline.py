@@ -6,6 +6,7 @@ import copy
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,11 +15,21 @@ from torch import nn
 from torch.utils.data import Subset
 
 from rmp_cli import distributed as dist
-from rmp_cli.checkpoint import check_same_model, load_checkpoint, load_model
+from rmp_cli.checkpoint import (
+    build_model,
+    check_same_model,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    read_state_dict,
+)
+from rmp_cli.config import from_container, to_container
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
 from rmp_cli.data import DataBundle, build_data, make_loader
 from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
+from rmp_cli.rundir import log
 from rmp_cli.runtime import progress, resolve_device
 from rmp_cli.snn import SimResult, SpikingNet, simulate
 from rmp_cli.snn.simulator import PRECISIONS
@@ -96,20 +107,50 @@ def validate_snn_config(cfg: DictConfig) -> None:
         raise RmpError(f"balance.timesteps must be a positive integer for {b.method}, got {steps}")
 
 
-def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = None) -> Prepared:
-    """Load the checkpoint (validated), adopt its model/dataset config, build data and the ANN."""
-    validate_snn_config(cfg)
-    ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
-    check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
-    adopt_checkpoint_config(cfg, ckpt["config"], overrides)
-    device = resolve_device(cfg.device)
-    ann = load_model(ckpt).to(device)
-    data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
-    if data.num_classes != int(ckpt["num_classes"]):
+def check_weight_source(cfg: DictConfig) -> None:
+    if cfg.get("weights") and cfg.get("ckpt"):
         raise RmpError(
-            f"checkpoint has {ckpt['num_classes']} classes but dataset "
-            f"{cfg.dataset.name} has {data.num_classes}"
+            "give either ckpt= (an rmp checkpoint: its config decides the model) or weights= "
+            "(weights for the model the config describes), not both"
         )
+
+
+def weights_checkpoint(cfg: DictConfig, data: DataBundle) -> dict[str, Any]:
+    """weights=PATH for the model the config describes, in the shape of an rmp checkpoint."""
+    model = build_model(cfg, data.num_classes, data.input_shape)
+    load_weights(model, read_state_dict(cfg.weights), cfg.weights)
+    return {
+        "state_dict": model.state_dict(),
+        "config": from_container(to_container(cfg)),
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "path": Path(str(cfg.weights)),
+    }
+
+
+def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = None) -> Prepared:
+    """Load the checkpoint (validated), adopt its model/dataset config, build data and the ANN;
+    or, with weights=, build the configured model and load the weights into it."""
+    validate_snn_config(cfg)
+    check_weight_source(cfg)
+    if cfg.get("weights") and not ckpt_path:
+        data = build_data(cfg.dataset, seed=int(cfg.seed))
+        ckpt = weights_checkpoint(cfg, data)
+        device = resolve_device(cfg.device)
+        ann = load_model(ckpt).to(device)
+        log.info("loaded %s into %s", cfg.weights, describe(cfg.model))
+    else:
+        ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
+        check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
+        adopt_checkpoint_config(cfg, ckpt["config"], overrides)
+        device = resolve_device(cfg.device)
+        ann = load_model(ckpt).to(device)
+        data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
+        if data.num_classes != int(ckpt["num_classes"]):
+            raise RmpError(
+                f"checkpoint has {ckpt['num_classes']} classes but dataset "
+                f"{cfg.dataset.name} has {data.num_classes}"
+            )
     ann, before = apply_maxpool_mode(ann, str(cfg.snn.get("maxpool", "gate")))
     return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt, ann_before=before)
 

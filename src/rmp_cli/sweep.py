@@ -22,6 +22,7 @@ from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
 from rmp_cli.rundir import RunDir, create_run_dir, log
@@ -239,18 +240,22 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
         if models.setdefault(name, model) != model:
             raise RmpError(f"sweep.variants give two different models the name {name}")
         groups.setdefault(name, []).append(index)
-    if cfg.get("ckpt") and set(groups) != {"ann"}:
+    given = "ckpt=" if cfg.get("ckpt") else "weights=" if cfg.get("weights") else None
+    if given and set(groups) != {"ann"}:
         raise RmpError(
-            "sweep.variants change the model, so each variant trains its own ANN; drop ckpt= "
+            f"sweep.variants change the model, so each variant trains its own ANN; drop {given} "
             "or the model.* overrides of sweep.variants"
         )
     return groups
 
 
-def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str:
-    """Reuse ckpt=, else train the ANN into RUN/<name> (resuming a half-finished training)."""
+def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str | None:
+    """Reuse ckpt= (or None for weights=), else train the ANN into RUN/<name> (resuming a
+    half-finished training)."""
     if cfg.get("ckpt"):
         return str(cfg.ckpt)
+    if cfg.get("weights"):
+        return None
     from rmp_cli.train import train
 
     ann_dir = run.path / name
@@ -307,6 +312,7 @@ def run_sweep_command(
                     "the model uses relu"
                 )
     cfg = point_cfgs[0]
+    pipeline.check_weight_source(cfg)
     keys = [point_key(axis_values(c)) for c in point_cfgs]
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
@@ -398,7 +404,7 @@ def _sweep_model(
         rows = [
             {
                 "dataset": str(point_cfg.dataset.name),
-                "model": str(point_cfg.model.name),
+                "model": describe(point_cfg.model),
                 **axis_values(point_cfg),
                 "timesteps": r["timesteps"],
                 "accuracy": r["accuracy"],

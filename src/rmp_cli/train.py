@@ -17,7 +17,13 @@ from torch import nn
 
 from rmp_cli import distributed as dist
 from rmp_cli.atomic import atomic_write_text
-from rmp_cli.checkpoint import build_model, config_payload, save_checkpoint
+from rmp_cli.checkpoint import (
+    build_model,
+    config_payload,
+    load_weights,
+    read_state_dict,
+    save_checkpoint,
+)
 from rmp_cli.data import build_data, make_loader
 from rmp_cli.errors import RmpError
 from rmp_cli.rundir import RunDir, log
@@ -165,6 +171,9 @@ def train(
     start_epoch = 1
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
+    elif cfg.get("weights"):  # fine-tuning weights trained elsewhere (e.g. with model.pool=avg)
+        load_weights(model, read_state_dict(cfg.weights), cfg.weights)
+        log.info("initialised from %s", cfg.weights)
     model = model.to(memory_format=fmt)
     if world > 1:
         if cfg.model.get("batch_norm") and device.type == "cuda":  # SyncBN needs CUDA

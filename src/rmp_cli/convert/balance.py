@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rmp_cli.convert.canonical import canonicalize
 from rmp_cli.errors import RmpError
 from rmp_cli.snn.network import SpikingNet
 from rmp_cli.snn.neurons import RESETS
@@ -77,10 +78,20 @@ def _positive(theta: Tensor) -> Tensor:
     return torch.where(theta > 0, theta, fill)
 
 
+def _has_module(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 class _AnnProbe:
     """Forward hooks on the ANN's activations named like the SNN's neurons."""
 
     def __init__(self, ann: nn.Module, names: Sequence[str]) -> None:
+        if not all(_has_module(ann, n) for n in names):
+            ann = canonicalize(ann)  # activations written as functions or called at several places
         self.ann = ann
         try:
             self.modules = [ann.get_submodule(n) for n in names]

@@ -14,7 +14,7 @@ refuse  one error line naming the first max-pool.
 
 Module pools called once are swapped in place; functional calls and modules called at several
 places are rewritten in the traced graph (the model becomes an fx.GraphModule with the same
-qualified names for everything else).
+qualified names for everything else; new call sites are named like convert/canonical.py's).
 """
 
 from __future__ import annotations
@@ -157,17 +157,20 @@ def _average(site: MaxPoolSite) -> nn.Module:
     )
 
 
-def _free_name(model: nn.Module, base: str) -> str:
-    name, k = base, 1
-    while hasattr(model, name):
+def _fresh_path(taken: set[str], base: str) -> str:
+    """`base`, or `base#2`, `base#3`, ... (the call-site naming of convert/canonical.py)."""
+    path, k = base, 1
+    while path in taken:
         k += 1
-        name = f"{base}_{k}"
-    return name
+        path = f"{base}#{k}"
+    taken.add(path)
+    return path
 
 
 def replace_max_pools(model: nn.Module, mode: str) -> nn.Module:
-    """The model with every max-pool handled per `mode` (modules swapped in place; a
-    GraphModule when a functional call or a shared module had to be rewritten)."""
+    """The model with every max-pool handled per `mode`: modules swapped in place when each is
+    called once, else an fx.GraphModule in which every call site has its own module (a shared
+    module's second call becomes `path#2`, a functional call `owner.max_pool2d`)."""
     check_maxpool_mode(mode)
     graph, sites = find_max_pools(model)
     if not sites:
@@ -179,25 +182,33 @@ def replace_max_pools(model: nn.Module, mode: str) -> nn.Module:
             f"(best after fine-tuning with model.pool=avg)"
         )
     replacements = [_average(s) if mode == "avg" else MaxPoolGate(s.geometry) for s in sites]
+    modules = [s.module for s in sites]
+    if None not in modules and (mode == "avg" or len(set(modules)) == len(modules)):
+        # A stateless average pool may serve several call sites; a gate may not.
+        for name, new in dict(zip(modules, replacements, strict=True)).items():
+            replace_submodule(model, str(name), new)
+        return model
+    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    taken = {name for name, _ in gm.named_modules()}
     seen: set[str] = set()
-    rewrite = False
     for site, new in zip(sites, replacements, strict=True):
-        if site.module is not None and (site.module not in seen or mode == "avg"):
-            seen.add(site.module)  # a stateless average pool may serve several call sites
-            replace_submodule(model, site.module, new)
-            continue
-        rewrite = True
         node = site.node
-        base = (site.module or f"{_owner(node)}.{node.name}").strip(".").replace(".", "_")
-        name = _free_name(model, f"{base}_gate" if mode == "gate" else f"{base}_avg")
-        model.add_module(name, new)
-        with graph.inserting_after(node):
+        if site.module is not None and site.module not in seen:
+            seen.add(site.module)
+            gm.delete_submodule(site.module)
+            gm.add_submodule(site.module, new)
+            continue
+        op = getattr(node.target, "__name__", "max_pool")
+        owner = _owner(node)
+        base = site.module or (f"{owner}.{op}" if owner else op)
+        path = _fresh_path(taken, base)
+        gm.add_submodule(path, new)
+        with gm.graph.inserting_before(node):
             source = node.args[0] if node.args else node.kwargs["input"]
-            replacement = graph.call_module(name, (source,))
+            replacement = gm.graph.call_module(path, (source,))
         replacement.meta = dict(node.meta)
         node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
-    if not rewrite:
-        return model
-    graph.lint()
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -65,12 +65,13 @@ def _in_memory(
 
 def _digits(opts: DataOptions) -> Splits:
     # Optional 1-pixel shift: at 8x8 a bigger one moves a stroke off the canvas. Never flip digits.
+    mean, std = opts.normalisation(digits.MEAN, digits.STD)
     return _in_memory(
         digits.load_digits_split(),
         num_classes=10,
         max_value=digits.MAX_VALUE,
-        mean=digits.MEAN,
-        std=digits.STD,
+        mean=mean,
+        std=std,
         augment=RandomShiftFlip(pad=1, flip=False) if opts.augment else None,
     )
 
@@ -79,7 +80,7 @@ IDX_STATS = {"mnist": ((0.1307,), (0.3081,)), "fashion_mnist": ((0.2860,), (0.35
 
 
 def _idx(opts: DataOptions) -> Splits:
-    mean, std = IDX_STATS[opts.name]
+    mean, std = opts.normalisation(*IDX_STATS[opts.name])
     return _in_memory(
         idx.load_idx_dataset(opts.name, opts.root, opts.download),
         num_classes=10,
@@ -97,7 +98,7 @@ CIFAR_STATS = {
 
 
 def _cifar(opts: DataOptions) -> Splits:
-    mean, std = CIFAR_STATS[opts.name]
+    mean, std = opts.normalisation(*CIFAR_STATS[opts.name])
     tensors = cifar.load_cifar(opts.name, opts.root, opts.format, opts.download, opts.cache_dir)
     return _in_memory(
         tensors,
@@ -110,16 +111,9 @@ def _cifar(opts: DataOptions) -> Splits:
 
 
 def _imagenet(opts: DataOptions) -> Splits:
-    train, train_eval, val, num_classes = imagenet.load_imagenet(opts.root, opts.augment)
-    return Splits(
-        train,
-        train_eval,
-        val,
-        num_classes,
-        (3, imagenet.CROP, imagenet.CROP),
-        imagenet.MEAN,
-        imagenet.STD,
-    )
+    mean, std = opts.normalisation(imagenet.MEAN, imagenet.STD)
+    train, train_eval, val, num_classes = imagenet.load_imagenet(opts.root, opts.augment, mean, std)
+    return Splits(train, train_eval, val, num_classes, (3, imagenet.CROP, imagenet.CROP), mean, std)
 
 
 BUILDERS: dict[str, Callable[[DataOptions], Splits]] = {

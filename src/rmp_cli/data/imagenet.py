@@ -19,7 +19,12 @@ LAYOUT_HINT = (
 )
 
 
-def load_imagenet(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, Dataset, int]:
+def load_imagenet(
+    root: Path | None,
+    augment: bool,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> tuple[Dataset, Dataset, Dataset, int]:
     """(train, train with eval transforms, val, num_classes), read lazily from disk."""
     from torchvision import datasets, transforms
 
@@ -28,7 +33,7 @@ def load_imagenet(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, D
     missing = [str(root / split) for split in ("train", "val") if not (root / split).is_dir()]
     if missing:
         raise RmpError(f"imagenet folder {' and '.join(missing)} not found: {LAYOUT_HINT}")
-    normalize = transforms.Normalize(MEAN, STD)
+    normalize = transforms.Normalize(mean, std)
     eval_tf = transforms.Compose(
         [
             transforms.Resize(RESIZE),

@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "calib_size": 256,
     "subset": None,
     "cache_dir": None,
+    "mean": None,
+    "std": None,
 }
 
 
@@ -37,6 +39,8 @@ class DataOptions:
     calib_size: int
     subset: int | None
     cache_dir: Path | None
+    mean: tuple[float, ...] | None = None  # None = the dataset's standard normalisation
+    std: tuple[float, ...] | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DataOptions:
@@ -59,7 +63,35 @@ class DataOptions:
             calib_size=_positive_int("calib_size", get("calib_size")),
             subset=None if subset is None else _positive_int("subset", subset),
             cache_dir=_path(get("cache_dir")),
+            mean=_floats("mean", get("mean")),
+            std=_floats("std", get("std"), positive=True),
         )
+
+    def normalisation(
+        self, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The dataset's standard (mean, std), with dataset.mean / dataset.std overriding."""
+        out = (self.mean or mean, self.std or std)
+        for key, values in zip(("mean", "std"), out, strict=True):
+            if len(values) != len(mean):
+                raise RmpError(
+                    f"dataset.{key} needs {len(mean)} value(s), one per channel of "
+                    f"{self.name}, got {list(values)}"
+                )
+        return out
+
+
+def _floats(key: str, value: Any, *, positive: bool = False) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") else None
+    if isinstance(value, (str, bytes)) or items is None or not items:
+        raise RmpError(f"dataset.{key} must be a list of numbers (one per channel), got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+        raise RmpError(f"dataset.{key} must be a list of numbers (one per channel), got {value!r}")
+    if positive and any(v <= 0 for v in items):
+        raise RmpError(f"dataset.{key} values must be positive, got {list(items)}")
+    return tuple(float(v) for v in items)
 
 
 def _path(value: Any) -> Path | None:

@@ -35,6 +35,23 @@ class ClipReLU(nn.Module):
         return f"ceiling={float(self.ceiling.detach()):.4g}"
 
 
+class FixedClip(nn.Module):
+    """clamp(x, 0, ceiling) with a fixed ceiling: what ReLU6 and hardtanh(x, 0, c) compute. The
+    converter puts it in their place, so the ceiling can serve as a threshold (balance=trained)."""
+
+    is_activation = True  # converter contract: replace this module by an IF neuron
+
+    def __init__(self, ceiling: float) -> None:
+        super().__init__()
+        self.register_buffer("ceiling", torch.tensor(float(ceiling)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.minimum(x.clamp_min(0.0), self.ceiling.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"ceiling={float(self.ceiling):.4g}"
+
+
 class QCFS(nn.Module):
     """Quantization-clip-floor-shift (Bu et al., ICLR 2022):
     y = ceiling * clamp(floor(x * L / ceiling + 1/2) / L, 0, 1), L = `levels`.

@@ -256,16 +256,14 @@ def _simplify(graph: fx.Graph, module: nn.Module) -> fx.Graph:
 
 
 def _output_layer(graph: fx.Graph, module: nn.Module) -> str | None:
-    """The synaptic layer whose output is the network's output (walks back over reshapes/pools)."""
+    """The synaptic layer whose output is the network's output (walks back over reshapes/pools);
+    None when the net ends with an activation (its spikes are then what the readout sums)."""
     out = next(n for n in graph.nodes if n.op == "output")
     node = out.args[0]
     while isinstance(node, fx.Node):
         m = node_module(module, node)
         if isinstance(m, IFNeuron):
-            raise RmpError(
-                f"the network ends with activation '{node.target}'; its last layer must "
-                f"output logits (an nn.Linear with no activation after it)"
-            )
+            return None  # rectified logits: the readout integrates that layer's spikes
         if isinstance(m, SYNAPTIC_TYPES):
             return str(node.target)
         if isinstance(m, _PASS_MODULES) or (
