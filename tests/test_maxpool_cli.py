@@ -69,3 +69,14 @@ def test_sweep_with_avg_keeps_both_ann_accuracies(rmp, tmp_path: Path, ckpt: Pat
     df = pd.read_csv(run / "results.csv")
     assert (df["ann_accuracy"] == ann["accuracy"]).all()  # the SNN's reference: the changed ANN
     assert "snn.maxpool=avg: ANN accuracy" in (run / "run.log").read_text()
+
+
+def test_fine_tuned_with_average_pooling_then_converted(rmp, tmp_path: Path, ckpt: Path) -> None:
+    """The avg recipe: fine-tune the max-pool net's weights with model.pool=avg, convert that."""
+    tuned = tmp_path / last_line(
+        rmp("train", *FAST_TRAIN, "train.epochs=1", f"weights={ckpt}", "model.pool=avg")
+    )
+    assert f"initialised from {ckpt}" in (tuned / "run.log").read_text()
+    report, table = _convert(rmp, tmp_path, tuned / "model.pt", "refuse")  # nothing to refuse
+    assert report["ann_accuracy_before_avg"] is None and "ANN as trained" not in table
+    assert 0 < report["snn_accuracy"] <= 1
