@@ -17,7 +17,8 @@ CIFAR10_DIR      ?= data/cifar10-jpg
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
-	study-cifar10-cpu study-lowlatency reproduce-fmnist compare-sj clean
+	study-cifar10-cpu study-resnet20-cpu study-lowlatency reproduce-fmnist compare-sj \
+	bench-train clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,6 +52,9 @@ format: setup ## Apply ruff fixes and formatting
 bench: setup ## Simulator speed and memory benchmark (writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_simulator.py
 
+bench-train: setup ## ANN training speed on this CPU: fp32 vs bf16 autocast, NCHW vs channels_last
+	$(BIN)/python benchmarks/bench_train_cpu.py
+
 fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
 	@test -d $(FMNIST_PKG) || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
@@ -59,6 +63,9 @@ cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHI
 
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)
+
+study-resnet20-cpu: cifar10-data ## The paper's ResNet-20 row on 2 CPU cores (~2 h training, ~1 h sweep)
+	$(RMP) sweep experiment=cifar10_resnet20_cpu dataset.root=$(CIFAR10_DIR)
 
 study-lowlatency: setup fmnist-data ## Low-latency methods side by side on Fashion-MNIST, T = 1..64
 	$(RMP) sweep experiment=fashion_mnist_lowlatency

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rmp_cli.results import COLUMNS, headline, read_results, summarize, summary_markdown
+from rmp_cli.results import (
+    COLUMNS,
+    headline,
+    read_results,
+    steps_saved,
+    summarize,
+    summary_markdown,
+)
 
 
 def table(curves: dict[str, list[float]], ts: list[int], ann: float = 0.9) -> pd.DataFrame:
@@ -97,4 +104,40 @@ def test_headline_adds_a_one_point_tolerance() -> None:
     )
     (line,) = headline(df)
     assert "does not reach hard reset's best (80.00% at T=32)" in line
-    assert "within 1 pt of it: hard at T=16, soft at T=4 (4x)" in line
+    assert "within 1 pt of it: hard at T=16, soft at T=4 (4x fewer time-steps)" in line
+
+
+@pytest.mark.parametrize(
+    ("soft", "said", "never"),
+    [
+        ([0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "at T=16: same T", "fewer"),  # tie
+        ([0.1, 0.1, 0.2, 0.5, 0.7, 0.8], "at T=32: 2x more time-steps", "fewer"),  # slower
+        ([0.1, 0.8, 0.8, 0.8, 0.8, 0.8], "at T=2: 8x fewer time-steps", "more"),  # faster
+    ],
+)
+def test_headline_says_what_happened(soft: list[float], said: str, never: str) -> None:
+    df = table({"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": soft}, TS)
+    (line,) = headline(df)
+    assert said in line and never not in line and "0.5x" not in line
+
+
+def test_steps_saved_wording() -> None:
+    assert steps_saved(64, 64) == "same T"
+    assert steps_saved(256, 64) == "4x fewer time-steps"
+    assert steps_saved(64, 128) == "2x more time-steps"
+
+
+def test_older_tables_read_with_empty_energy_columns(tmp_path) -> None:
+    old = table({"soft": [0.5] * 6}, TS).drop(columns=["energy_ratio", "ann_macs_per_image"])
+    old.to_csv(tmp_path / "results.csv", index=False)
+    df = read_results(tmp_path / "results.csv")
+    assert df["energy_ratio"].isna().all()
+    assert summarize(df)["energy_ratio_within_1pt"].isna().all()
+
+
+def test_summary_reports_the_energy_ratio_where_within_one_point() -> None:
+    df = table({"soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS)
+    df["energy_ratio"] = df["timesteps"] / 100
+    summary = summarize(df)
+    assert summary.loc[0, "energy_ratio_within_1pt"] == pytest.approx(0.08)  # T=8
+    assert "| 8 | 0.08 |" in summary_markdown(summary, [])

@@ -15,6 +15,7 @@ from rmp_cli import distributed as dist
 from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.config import to_container
+from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
@@ -59,6 +60,7 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     cfg = p.cfg
     # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
+    log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
     ann = pipeline.ann_metrics(p) if dist.is_main() else None
     if ann is not None:  # before converting: do the weights and the preprocessing match?
         log.info("ANN accuracy %.2f%% on %d test images", ann["acc"] * 100, len(p.data.test))
@@ -97,6 +99,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         return run_path
     assert ann is not None
     snn_row = result.rows()[-1]
+    costs = EnergyCosts.from_config(cfg.get("energy"))
+    ann_macs = ann_macs_per_image(p.ann, p.data.input_shape)
     report = {
         "ann_accuracy": ann["acc"],
         "ann_top5": ann["top5"] if p.data.num_classes > 10 else None,
@@ -112,6 +116,15 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "maxpool": str(cfg.snn.get("maxpool", "gate")),
         "spikes_per_image": snn_row["spikes_per_image"],
         "synops_per_image": snn_row["synops_per_image"],
+        "analog_macs_per_image": snn_row["analog_macs_per_image"],
+        "ann_macs_per_image": ann_macs,
+        "snn_energy_uj": costs.snn_pj(snn_row["synops_per_image"], snn_row["analog_macs_per_image"])
+        / 1e6,
+        "ann_energy_uj": costs.ann_pj(ann_macs) / 1e6,
+        "energy_ratio": costs.ratio(
+            snn_row["synops_per_image"], snn_row["analog_macs_per_image"], ann_macs
+        ),
+        "energy_costs_pj": {"ac": costs.ac_pj, "mac": costs.mac_pj},
         "num_images": result.num_images,
         "balance_seconds": round(balance_seconds, 3),
         "simulate_seconds": round(result.seconds, 3),
@@ -146,5 +159,8 @@ def format_table(r: dict) -> str:
         f"{'loss vs ANN':<28}{gap:>9.2f} pt",
         f"balance={r['balance']} scale={r['scale']} v_init={r['v_init']} encoding={r['encoding']}",
         f"spikes/image {r['spikes_per_image']:.4g}  synops/image {r['synops_per_image']:.4g}",
+        f"energy/image SNN {r['snn_energy_uj']:.4g} uJ vs ANN {r['ann_energy_uj']:.4g} uJ "
+        f"({r['energy_ratio']:.3g}x; AC {r['energy_costs_pj']['ac']:g} pJ, "
+        f"MAC {r['energy_costs_pj']['mac']:g} pJ)",
     ]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from rmp_cli.config import from_container, to_container
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
 from rmp_cli.data import DataBundle, build_data, make_loader
+from rmp_cli.energy import EnergyCosts
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.rundir import log
@@ -95,6 +96,7 @@ def validate_snn_config(cfg: DictConfig) -> None:
         raise RmpError(f"snn.batch_size must be a positive integer, got {snn.batch_size}")
     if snn.chunk != "auto" and (not isinstance(snn.chunk, int) or snn.chunk < 1):
         raise RmpError(f"snn.chunk must be a positive integer or auto, got {snn.chunk}")
+    EnergyCosts.from_config(cfg.get("energy"))
     b = cfg.balance
     if float(b.scale) <= 0:
         raise RmpError(f"balance.scale must be positive, got {b.scale}")
@@ -140,6 +142,11 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
         ann = load_model(ckpt).to(device)
         log.info("loaded %s into %s", cfg.weights, describe(cfg.model))
     else:
+        if not (ckpt_path or cfg.get("ckpt")):
+            raise RmpError(
+                "no network given; pass ckpt=PATH (a model.pt written by `rmp train`) or "
+                "weights=PATH (weights for the model the config describes)"
+            )
         ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
         check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
         adopt_checkpoint_config(cfg, ckpt["config"], overrides)

@@ -22,8 +22,9 @@ def _label(row: pd.Series, varying: list[str], prefix: str) -> str:
 
 
 def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
-    """One line per grid point (per run), the ANN dashed; a second panel with spikes per image."""
-    fig, (ax_acc, ax_spk) = plt.subplots(1, 2, figsize=(12, 4.6))
+    """One line per grid point (per run), the ANN dashed; a second panel with spikes per image
+    and a third with accuracy against the SNN/ANN energy ratio (when the tables have it)."""
+    fig, (ax_acc, ax_spk, ax_energy) = plt.subplots(1, 3, figsize=(17, 4.6))
     all_df = pd.concat([df for _, df in runs])
     varying = [a for a in AXES if all_df[a].nunique() > 1]
     for name, df in runs:
@@ -42,6 +43,16 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
                 color=line.get_color(),
                 label=label,
             )
+            energy = group.dropna(subset=["energy_ratio"]) if "energy_ratio" in group else group[:0]
+            if len(energy):
+                ax_energy.plot(
+                    energy["energy_ratio"],
+                    energy["accuracy"] * 100,
+                    marker="o",
+                    ms=3,
+                    color=line.get_color(),
+                    label=label,
+                )
         # One dashed ANN line per trained network (a sweep over activations holds several).
         for activation, group in df.groupby("activation", sort=False):
             ann = float(group["ann_accuracy"].iloc[0]) * 100
@@ -64,6 +75,12 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
     ax_spk.set_yscale("log")
     ax_spk.set_ylabel("spikes per image (cumulative)")
     ax_spk.set_title("spiking activity")
+    ax_energy.axvline(1.0, ls="--", color="black", lw=1, label="ANN energy")
+    ax_energy.set_xscale("log")
+    ax_energy.set_xlabel("SNN / ANN energy per image (log)")
+    ax_energy.set_ylabel("top-1 accuracy (%)")
+    ax_energy.set_title("accuracy vs energy")
+    ax_energy.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []

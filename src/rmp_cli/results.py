@@ -24,8 +24,13 @@ COLUMNS = (
     "ann_accuracy",
     "spikes_per_image",
     "synops_per_image",
+    "analog_macs_per_image",
+    "ann_macs_per_image",
+    "energy_ratio",
     "seconds",
 )
+# Columns added after the first release: older tables read with them empty.
+LATER_COLUMNS = ("analog_macs_per_image", "ann_macs_per_image", "energy_ratio")
 WITHIN = 0.01  # "within 1 point of the ANN"
 
 
@@ -46,8 +51,10 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def with_implied_axes(df: pd.DataFrame) -> pd.DataFrame:
-    """Add the axes that tables written before them lack, with the value they implied."""
-    missing = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
+    """Add the axes and columns that tables written before them lack (axes with the value they
+    implied, counts empty)."""
+    missing: dict[str, object] = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
+    missing |= {c: math.nan for c in LATER_COLUMNS if c not in df.columns}
     return df.assign(**missing) if missing else df
 
 
@@ -78,6 +85,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         ann = float(first["ann_accuracy"])
         last = group.iloc[-1]
         within = group[group["accuracy"] >= ann - WITHIN - 1e-12]
+        energy = within["energy_ratio"] if "energy_ratio" in group else pd.Series(dtype=float)
         rows.append(
             {
                 **{c: first[c] for c in ("dataset", "model", *AXES)},
@@ -88,6 +96,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 "accuracy_at_max_t": float(last["accuracy"]),
                 "loss_at_max_t": ann - float(last["accuracy"]),
                 "first_t_within_1pt": int(within["timesteps"].iloc[0]) if len(within) else None,
+                "energy_ratio_within_1pt": float(energy.iloc[0]) if len(energy) else None,
+                "energy_ratio_at_max_t": float(last.get("energy_ratio", math.nan)),
             }
         )
     return pd.DataFrame(rows)
@@ -96,6 +106,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def _first_t(curve: pd.DataFrame, level: float) -> int | None:
     reached = curve[curve["accuracy"] >= level - 1e-12]
     return int(reached["timesteps"].iloc[0]) if len(reached) else None
+
+
+def steps_saved(t_hard: int, t_soft: int) -> str:
+    """What soft reset's latency is against hard reset's, said the way it went."""
+    if t_soft == t_hard:
+        return "same T"
+    if t_soft < t_hard:
+        return f"{t_hard / t_soft:.3g}x fewer time-steps"
+    return f"{t_soft / t_hard:.3g}x more time-steps"
 
 
 def _compare(hard: pd.DataFrame, soft: pd.DataFrame, where: str) -> str:
@@ -108,7 +127,7 @@ def _compare(hard: pd.DataFrame, soft: pd.DataFrame, where: str) -> str:
     near_hard, near_soft = _first_t(hard, best - WITHIN), _first_t(soft, best - WITHIN)
     tolerant = (
         f"; within 1 pt of it: hard at T={near_hard}, soft at T={near_soft} "
-        f"({near_hard / near_soft:.3g}x)"
+        f"({steps_saved(near_hard, near_soft)})"
         if near_hard and near_soft
         else ""
     )
@@ -119,7 +138,7 @@ def _compare(hard: pd.DataFrame, soft: pd.DataFrame, where: str) -> str:
         )
     return (
         f"soft reset matches hard reset's best ({best:.2%} at T={t_hard}) at T={t_soft}: "
-        f"{t_hard / t_soft:.3g}x fewer time-steps{tolerant} [{where}]"
+        f"{steps_saved(t_hard, t_soft)}{tolerant} [{where}]"
     )
 
 
@@ -165,6 +184,9 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.2f}"
 
+    def ratio(x: float | None) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
     def t(x: float | None) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else str(int(x))
 
@@ -185,16 +207,17 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
     act_head, act_rule = ("activation | ", "---|") if several else ("", "")
     out.write(
         f"| {act_head}reset | balance | scale | v_init | encoding | best acc % | first T at best "
-        "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN |\n"
+        "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN "
+        "| SNN/ANN energy there |\n"
     )
-    out.write(f"|{act_rule}---|---|---|---|---|---|---|---|---|---|\n")
+    out.write(f"|{act_rule}---|---|---|---|---|---|---|---|---|---|---|\n")
     for _, r in summary.iterrows():
         act = f"{r['activation']} | " if several else ""
         out.write(
             f"| {act}{r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} "
             f"| {r['encoding']} | {pct(r['best_accuracy'])} | {t(r['first_t_best'])} "
             f"| {pct(r['accuracy_at_max_t'])} | {r['loss_at_max_t'] * 100:.2f} "
-            f"| {t(r['first_t_within_1pt'])} |\n"
+            f"| {t(r['first_t_within_1pt'])} | {ratio(r.get('energy_ratio_within_1pt'))} |\n"
         )
     if lines:
         out.write("\n## Soft vs hard reset\n\n")

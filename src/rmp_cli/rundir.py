@@ -129,10 +129,6 @@ def create_run_dir(
     atomic_write_text(path / f"meta{suffix}.json", json.dumps(meta, indent=2) + "\n")
     setup_logging(path / LOG_NAME)
     log.info("rmp %s %s | git %s | run dir %s", command, " ".join(overrides), meta["git_sha"], path)
-    if "model" in cfg and "dataset" in cfg:
-        from rmp_cli.models.sources import describe
-
-        log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.get("name"))
     return run
 
 

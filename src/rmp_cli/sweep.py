@@ -21,6 +21,7 @@ from rmp_cli import pipeline
 from rmp_cli.atomic import atomic_write_text
 from rmp_cli.checkpoint import load_checkpoint
 from rmp_cli.config import compose_config
+from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
@@ -304,6 +305,7 @@ def run_sweep_command(
     for point_cfg in point_cfgs:
         point_cfg.sweep.timesteps = steps
         pipeline.validate_snn_config(point_cfg)
+        EnergyCosts.from_config(point_cfg.get("energy"))
     if not base_cfg.get("ckpt"):
         for point_cfg in point_cfgs:
             if point_cfg.balance.method == "trained" and point_cfg.model.activation == "relu":
@@ -361,7 +363,9 @@ def _sweep_model(
     results_path = run / "results.csv"
     ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name)
     prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt)
+    log.info("model %s on dataset %s", describe(prepared.cfg.model), prepared.cfg.dataset.name)
     ann_acc = _ann_accuracy(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
+    ann_macs = ann_macs_per_image(prepared.ann, prepared.data.input_shape)
     nets: dict[bool, Any] = {}
     thresholds_cache: dict[tuple, list] = {}
     for position in todo:
@@ -401,6 +405,7 @@ def _sweep_model(
             )
         net.thresholds = [t.clone() for t in thresholds_cache[cache_key]]
         result = pipeline.simulate_test(point, net, steps, desc=f"[{index}/{len(keys)}] {key}")
+        costs = EnergyCosts.from_config(point_cfg.get("energy"))
         rows = [
             {
                 "dataset": str(point_cfg.dataset.name),
@@ -412,6 +417,11 @@ def _sweep_model(
                 "ann_accuracy": ann_acc,
                 "spikes_per_image": r["spikes_per_image"],
                 "synops_per_image": r["synops_per_image"],
+                "analog_macs_per_image": r["analog_macs_per_image"],
+                "ann_macs_per_image": ann_macs,
+                "energy_ratio": costs.ratio(
+                    r["synops_per_image"], r["analog_macs_per_image"], ann_macs
+                ),
                 "seconds": round(result.seconds, 3),
             }
             for r in result.rows()

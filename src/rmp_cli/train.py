@@ -26,6 +26,7 @@ from rmp_cli.checkpoint import (
 )
 from rmp_cli.data import build_data, make_loader
 from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
 from rmp_cli.rundir import RunDir, log
 from rmp_cli.runtime import progress, resolve_device
 
@@ -161,6 +162,7 @@ def train(
     amp = amp_enabled(device, t.get("amp", "auto"))
     fmt = memory_format(device, t.get("channels_last", "auto"))
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
     log.info(
         "training on %s: %s, %s",
         device,

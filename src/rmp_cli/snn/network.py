@@ -410,13 +410,3 @@ def _resolve(module: nn.Module, node: fx.Node) -> object:
     for part in str(node.target).split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def fan_out(layer: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Mean synaptic fan-out = MACs / input elements (per image, so batch-independent)."""
-    layer = layer.linear if isinstance(layer, StepwiseLinear) else layer
-    if isinstance(layer, nn.Linear):
-        return float(layer.out_features)
-    assert isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-    k = layer.weight.shape[1] * int(torch.tensor(layer.weight.shape[2:]).prod())
-    return y[0].numel() * k / x[0].numel()

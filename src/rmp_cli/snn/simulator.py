@@ -12,9 +12,11 @@ CPU for flat batches of 2 or more; a single image at Tc=1 may take a different k
 Counts (all per requested T, summed over images; exact integers, so shards merge exactly):
   correct   images whose label ranks < k in the readout (ties: lower class index first, as argmax)
   spikes    spikes emitted by every neuron layer (and by the readout neuron for readout="spikes")
-  synops    sum over synaptic layers fed by spikes of (nonzero input entries x mean fan-out), with
-            fan-out = MACs / input elements. The first layer under direct input is analog, computed
-            once per batch, and not counted; a pooled entry fed by several spikes counts once.
+  synops    sum over synaptic layers fed by spikes of their nonzero input entries, each times its
+            true fan-out (the outputs it reaches: fewer at a padded border, `fan_out_map`). The
+            first layer under direct input is analog, computed once per batch, and not counted
+            (its multiply-accumulates are `analog_macs`); a pooled entry fed by several spikes
+            counts once.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from torch import Tensor, nn
 from rmp_cli.errors import RmpError
 from rmp_cli.snn.allocator import keep_freed_memory
 from rmp_cli.snn.encoding import batch_generator, check_encoding, poisson_spikes
-from rmp_cli.snn.network import ExecutionPlan, SpikingNet, fan_out
+from rmp_cli.snn.network import ExecutionPlan, SpikingNet
 from rmp_cli.snn.neurons import IFNeuron, count_per_step
+from rmp_cli.snn.opcount import FanOut, MacCounter
 
 READOUTS = ("potential", "spikes")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -52,6 +55,7 @@ class SimResult:
     synops: list[float]  # synaptic operations over all images, per T
     seconds: float = 0.0
     num_classes: int = 0
+    analog_macs_per_image: float = 0.0  # the direct-input layers, run once per image
 
     def _index(self, t: int) -> int:
         try:
@@ -77,6 +81,7 @@ class SimResult:
                     "top5": self.correct[5][i] / n if 5 in self.correct else None,
                     "spikes_per_image": spikes / n,
                     "synops_per_image": self.synops[i] / n,
+                    "analog_macs_per_image": self.analog_macs_per_image,
                 }
             )
         return rows
@@ -102,6 +107,7 @@ class SimResult:
             synops=_add(self.synops, other.synops),
             seconds=self.seconds + other.seconds,
             num_classes=max(self.num_classes, other.num_classes),
+            analog_macs_per_image=max(self.analog_macs_per_image, other.analog_macs_per_image),
         )
 
 
@@ -117,7 +123,7 @@ class BatchTrace:
     potentials: Tensor  # [nT, B, K] accumulated output-layer potential at each requested T
     spike_counts: Tensor | None  # [nT, B, K] readout-neuron spike counts (readout="spikes")
     layer_spikes: Tensor  # [L, T_max] spikes per step per neuron layer (summed over the batch)
-    layer_events: Tensor  # [S, T_max] nonzero input entries per step per spike-fed synaptic layer
+    layer_events: Tensor  # [S, T_max] synaptic operations per step per spike-fed synaptic layer
 
 
 # --- argument checks -----------------------------------------------------------------------------
@@ -211,7 +217,8 @@ class ChunkedRun:
         for n in net.neurons:
             n.count_spikes = count_spikes
         self.synaptic = self.plan.spike_fed if count_synops else []
-        self.fan_outs: list[float | None] = [None] * len(self.synaptic)
+        self.fan_outs: list[FanOut | None] = [None] * len(self.synaptic)  # set on first use
+        self.analog_macs: float | None = None  # per image, of the layers run once (direct input)
         self._hooks = [
             m.register_forward_hook(self._synops_hook(i)) for i, (_, m) in enumerate(self.synaptic)
         ]
@@ -274,8 +281,9 @@ class ChunkedRun:
             if self.dry:
                 return
             x = inputs[0]
-            if self.fan_outs[index] is None:
-                self.fan_outs[index] = fan_out(module, x, output)
+            fan = self.fan_outs[index]
+            if fan is None:
+                fan = self.fan_outs[index] = FanOut(module, x.shape[1:], x.device)
             counts = next(
                 (
                     n.last_counts
@@ -287,6 +295,7 @@ class ChunkedRun:
             if counts is None:  # input is pooled/reshaped spikes: count it here
                 nonzero = torch.ne(x, 0, out=torch.empty_like(x))
                 counts = count_per_step(nonzero.view(self._tc, self._batch, *x.shape[1:]))
+            counts = fan.synops_per_step(x, counts, self._tc)
             assert self._events is not None
             self._events[index, self._t0 : self._t0 + self._tc] += counts
 
@@ -319,10 +328,12 @@ class ChunkedRun:
             gen = batch_generator(self.seed, batch_index, self.device)
             scale = self.poisson_scale
         else:
-            with self._autocast():
-                constants = plan.run_stem(
-                    x
-                )  # analog layers before the first neuron: once per batch
+            # Analog layers before the first neuron: once per batch (their MACs counted once).
+            counter = MacCounter(plan.stem) if self.analog_macs is None and plan.stem else None
+            with self._autocast(), counter or contextlib.nullcontext():
+                constants = plan.run_stem(x)
+            if counter is not None:
+                self.analog_macs = counter.macs
         t0 = 0
         while t0 < t_max:
             tc = self.chunk if pad else min(self.chunk, t_max - t0)
@@ -485,19 +496,16 @@ def simulate(
             num_images += x.shape[0]
             if progress is not None:
                 progress(num_images)
-        fan_outs = [f or 0.0 for f in run.fan_outs]
+        analog_macs = run.analog_macs or 0.0
     names = list(net.neuron_names) + (["readout"] if readout == "spikes" else [])
     index = torch.tensor([t - 1 for t in wanted])
     if correct is None:  # no images: zero counts
         ks = [1]
         correct = torch.zeros(1, len(wanted), dtype=torch.int64)
         spikes_total = torch.zeros(len(names), wanted[-1], dtype=torch.int64)
-        events_total = torch.zeros(len(fan_outs), wanted[-1], dtype=torch.int64)
+        events_total = torch.zeros(len(run.synaptic), wanted[-1], dtype=torch.int64)
     spikes_at = spikes_total.cpu().cumsum(1)[:, index]
-    events_at = events_total.cpu().cumsum(1)[:, index]
-    synops = [
-        sum(f * int(events_at[s, i]) for s, f in enumerate(fan_outs)) for i in range(len(wanted))
-    ]
+    synops = events_total.cpu().sum(0).cumsum(0)[index].tolist()
     return SimResult(
         timesteps=wanted,
         num_images=num_images,
@@ -506,4 +514,5 @@ def simulate(
         synops=[float(s) for s in synops],
         seconds=time.perf_counter() - tic,
         num_classes=num_classes,
+        analog_macs_per_image=analog_macs,
     )
