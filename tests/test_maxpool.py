@@ -409,6 +409,29 @@ def test_unconvertible_pools_and_bad_modes_are_one_clear_error(
         to_spiking(model, maxpool=mode)
 
 
+class PoolThenFunctional(nn.Module):
+    """A module max-pool, then a functional one that also returns indices."""
+
+    def __init__(self, with_indices: bool) -> None:
+        super().__init__()
+        self.conv, self.act, self.pool = nn.Conv2d(3, 2, 1), nn.ReLU(), nn.MaxPool2d(2)
+        self.fc, self.with_indices = nn.Linear(8, 2), with_indices
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.act(self.conv(x)))
+        if self.with_indices:
+            x = F.max_pool2d_with_indices(x, 1)[0]
+        else:
+            x = F.max_pool2d(x, 1, return_indices=True)[0]
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("with_indices", [True, False])
+def test_functional_max_pool_with_indices_is_refused_by_place(with_indices: bool) -> None:
+    with pytest.raises(RmpError, match=r"the model's forward applies max_pool2d.*unpooling"):
+        to_spiking(PoolThenFunctional(with_indices))
+
+
 def test_dilated_max_pool_is_gated() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 2, 1), nn.ReLU(), nn.MaxPool2d(2, dilation=2), nn.Flatten(), nn.Linear(18, 2)

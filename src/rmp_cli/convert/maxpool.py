@@ -27,20 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmp_cli.convert.bn_fold import replace_submodule
+from rmp_cli.convert.canonical import where
 from rmp_cli.errors import RmpError
-from rmp_cli.snn.maxpool import MaxPoolGate, PoolGeometry
+from rmp_cli.snn.maxpool import MAX_POOL_TYPES, MaxPoolGate, PoolGeometry, geometry_of
 from rmp_cli.snn.network import node_module, trace_graph
 
 MAXPOOL_MODES = ("gate", "avg", "refuse")
 
-_MODULES: dict[type[nn.Module], tuple[int, bool]] = {
-    nn.MaxPool1d: (1, False),
-    nn.MaxPool2d: (2, False),
-    nn.MaxPool3d: (3, False),
-    nn.AdaptiveMaxPool1d: (1, True),
-    nn.AdaptiveMaxPool2d: (2, True),
-    nn.AdaptiveMaxPool3d: (3, True),
-}
 _REGULAR_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
 _FUNCTIONS: dict[object, tuple[int, bool]] = {
     F.max_pool1d: (1, False),
@@ -96,21 +89,20 @@ def _owner(node: fx.Node) -> str:
 
 def _function_site(node: fx.Node, dims: int, adaptive: bool) -> MaxPoolSite:
     name = getattr(node.target, "__name__", str(node.target))
-    owner = _owner(node)
-    where = f"{repr(owner) if owner else 'the model forward'} applies {name}()"
+    place = f"{where(node)} applies {name}()"
     names = ("input", "output_size") if adaptive else _REGULAR_ARGS
     args = dict(zip(names, node.args, strict=False))
     args.update(node.kwargs)
     if args.pop("return_indices", False):
-        raise RmpError(f"{where} with return_indices=True (unpooling): no spiking equivalent")
+        raise RmpError(f"{place} with return_indices=True (unpooling): no spiking equivalent")
     if any(isinstance(v, fx.Node) for k, v in args.items() if k != "input"):
-        raise RmpError(f"{where} with pooling parameters computed in forward; use constants")
+        raise RmpError(f"{place} with pooling parameters computed in forward; use constants")
     args.pop("input", None)
     if adaptive:
         geometry = PoolGeometry.adaptive(dims, args["output_size"])
     else:
         geometry = PoolGeometry.regular(dims, **args)
-    return MaxPoolSite(node=node, where=where, geometry=geometry, module=None)
+    return MaxPoolSite(node=node, where=place, geometry=geometry, module=None)
 
 
 def find_max_pools(model: nn.Module) -> tuple[fx.Graph, list[MaxPoolSite]]:
@@ -119,28 +111,24 @@ def find_max_pools(model: nn.Module) -> tuple[fx.Graph, list[MaxPoolSite]]:
     sites = []
     for node in graph.nodes:
         m = node_module(model, node)
-        if m is not None and type(m) in _MODULES:
+        if isinstance(m, MAX_POOL_TYPES):
             name = str(node.target)
-            where = f"layer '{name}' is {type(m).__name__}"
-            if m.return_indices:
-                raise RmpError(
-                    f"{where} with return_indices=True (unpooling): no spiking equivalent"
-                )
-            gate = MaxPoolGate.from_module(m)
-            sites.append(MaxPoolSite(node=node, where=where, geometry=gate.geometry, module=name))
+            place = f"layer '{name}' is {type(m).__name__}"
+            try:
+                geometry = geometry_of(m)
+            except RmpError as exc:
+                raise RmpError(f"layer '{name}': {exc}") from None
+            assert geometry is not None
+            sites.append(MaxPoolSite(node=node, where=place, geometry=geometry, module=name))
         elif node.op == "call_function" and node.target in _WITH_INDICES:
             name = getattr(node.target, "__name__", str(node.target))
             raise RmpError(
-                f"{repr(_owner(node)) if _owner(node) else 'the model forward'} applies {name}(), "
-                f"which returns indices (unpooling): no spiking equivalent"
+                f"{where(node)} applies {name}(), which returns indices (unpooling): no spiking "
+                f"equivalent"
             )
         elif node.op == "call_function" and node.target in _FUNCTIONS:
             sites.append(_function_site(node, *_FUNCTIONS[node.target]))
     return graph, sites
-
-
-def has_max_pool(model: nn.Module) -> bool:
-    return bool(find_max_pools(model)[1])
 
 
 def _average(site: MaxPoolSite) -> nn.Module:

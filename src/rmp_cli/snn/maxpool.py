@@ -18,11 +18,13 @@ repeated theta are a strictly increasing function of the count (below 2^24 steps
 compare exactly like counts.
 
 Geometry follows the ANN op exactly (kernel, stride, padding, dilation, ceil_mode, 1-3 spatial
-dimensions, adaptive output sizes): the windows of an input shape are an index table, padding
-never wins. A max-pool that sees only a constant current (the direct-input stem) is exactly the
-ANN op; `static_pool()` gives it. Multi-step like the neurons: a chunk arrives as [Tc*B, C, ...],
-accumulation is a sequential float32 sum (identical for every chunk size), selection runs once
-per chunk on the whole chunk; state is carried across chunks until `reset_state()`.
+dimensions, adaptive output sizes; padding never wins): regular windows are strided views of the
+input (Tensor.unfold), adaptive ones (unequal sizes) an index table. A max-pool that sees only a
+constant current (the direct-input stem) is exactly the ANN op; `static_pool()` gives it.
+Multi-step like the neurons: a chunk arrives as [Tc*B, C, ...], accumulation is a sequential
+float32 sum (identical for every chunk size), selection runs once per chunk on the whole chunk
+with a Python loop over the K kernel positions only (never over windows), and state is carried
+across chunks until `reset_state()`, so memory stays flat in T.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def pool_output_length(length: int, k: int, s: int, p: int, d: int, ceil_mode: b
     """PyTorch's pooling output length (a last window that starts in the right padding is
     dropped in ceil mode)."""
     span = length + 2 * p - d * (k - 1) - 1
-    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
     if ceil_mode and (out - 1) * s >= length + p:
         out -= 1
     if out < 1:
@@ -160,6 +162,38 @@ def pool_output_length(length: int, k: int, s: int, p: int, d: int, ceil_mode: b
             f"of length {length}"
         )
     return out
+
+
+_REGULAR_MODULES = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+_ADAPTIVE_MODULES = {nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3}
+MAX_POOL_TYPES = (*_REGULAR_MODULES, *_ADAPTIVE_MODULES)
+
+
+def geometry_of(module: nn.Module) -> PoolGeometry | None:
+    """The windows of a max-pooling module (subclasses included), None for any other module.
+    One that returns its indices (for unpooling) has no spiking counterpart: RmpError."""
+    for kind, dims in _REGULAR_MODULES.items():
+        if isinstance(module, kind):
+            geometry = PoolGeometry.regular(
+                dims,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.ceil_mode,
+            )
+            break
+    else:
+        adaptive = [d for kind, d in _ADAPTIVE_MODULES.items() if isinstance(module, kind)]
+        if not adaptive:
+            return None
+        geometry = PoolGeometry.adaptive(adaptive[0], module.output_size)
+    if module.return_indices:
+        raise RmpError(
+            f"{type(module).__name__} with return_indices=True (unpooling) has no spiking "
+            f"equivalent"
+        )
+    return geometry
 
 
 class StaticMaxPool(nn.Module):
@@ -188,23 +222,10 @@ class MaxPoolGate(nn.Module):
     @classmethod
     def from_module(cls, module: nn.Module) -> MaxPoolGate:
         """A gate with the geometry of an nn.MaxPool{1,2,3}d or nn.AdaptiveMaxPool{1,2,3}d."""
-        dims = int(type(module).__name__[-2])
-        if getattr(module, "return_indices", False):
-            raise RmpError(
-                f"{type(module).__name__} with return_indices=True (unpooling) cannot be gated"
-            )
-        if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
-            return cls(PoolGeometry.adaptive(dims, module.output_size))
-        return cls(
-            PoolGeometry.regular(
-                dims,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.ceil_mode,
-            )
-        )
+        geometry = geometry_of(module)
+        if geometry is None:
+            raise RmpError(f"{type(module).__name__} is not a max-pooling module")
+        return cls(geometry)
 
     def extra_repr(self) -> str:
         return self.geometry.describe()
