@@ -1,4 +1,5 @@
-"""End to end: a max-pool network through `rmp convert` / `rmp sweep` with snn.maxpool=gate|avg|refuse."""
+"""End to end: max-pool networks through `rmp convert` / `rmp sweep` (snn.maxpool=gate|avg|refuse)
+and torchvision's max-pool families through the converter."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from rmp_cli.models.torchvision_source import build_torchvision
 from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
 
 pytestmark = pytest.mark.slow
@@ -80,3 +84,30 @@ def test_fine_tuned_with_average_pooling_then_converted(rmp, tmp_path: Path, ckp
     report, table = _convert(rmp, tmp_path, tuned / "model.pt", "refuse")  # nothing to refuse
     assert report["ann_accuracy_before_avg"] is None and "ANN as trained" not in table
     assert 0 < report["snn_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"),
+    [
+        ("resnet18", 32),  # the stem's 3x3 / stride 2 / padding 1 max-pool, after a neuron
+        ("squeezenet1_1", 48),  # three 3x3 / stride 2 max-pools with ceil_mode
+    ],
+)
+def test_torchvision_max_pool_families_converge_to_their_ann(arch: str, size: int) -> None:
+    """Gated, the max-pool families converge as the others do (the criteria of
+    test_torchvision_families: within 6% relative L2 at T=512, 2.5x closer than at T=128)."""
+    from tests.test_torchvision_families import relative_errors
+
+    torch.manual_seed(0)
+    model = build_torchvision(arch, num_classes=10, input_shape=(3, size, size))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()
+    model.eval()
+    assert any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    (err_128, err_512), same_class = relative_errors(model, size)
+    assert err_512 <= 0.06 and err_512 <= err_128 / 2.5, (err_128, err_512)
+    assert same_class
