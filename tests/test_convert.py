@@ -122,12 +122,13 @@ def test_single_step_forward_runs_the_converted_module() -> None:
 
 
 # --- 6. refused with the layer's name --------------------------------------------------------------
-def test_max_pooling_is_refused_naming_the_layer() -> None:
+def test_max_pooling_is_refused_naming_the_layer_when_asked() -> None:
     with pytest.raises(
         RmpError,
-        match=r"layer 'features.2' is MaxPool2d: max-pooling has no exact spiking equivalent",
+        match=r"layer 'features.2' is MaxPool2d: max-pooling is refused \(snn.maxpool=refuse\); "
+        r"snn.maxpool=gate converts it",
     ):
-        to_spiking(snn_nets.MaxPoolNet())
+        to_spiking(snn_nets.MaxPoolNet(), maxpool="refuse")
 
 
 def test_unsupported_layer_is_named() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from rmp_cli.checkpoint import (
 )
 from rmp_cli.config import from_container, to_container
 from rmp_cli.convert import balance_thresholds, to_spiking
+from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
 from rmp_cli.data import DataBundle, build_data, make_loader
 from rmp_cli.energy import EnergyCosts
 from rmp_cli.errors import RmpError
@@ -46,6 +48,9 @@ class Prepared:
     ann: nn.Module
     device: torch.device
     checkpoint: dict[str, Any]
+    # snn.maxpool=avg: the trained ANN as it was, before its max-pools became average pools
+    # (`ann` is then the changed ANN, the one the SNN approximates and balancing reads).
+    ann_before: nn.Module | None = None
 
 
 def adopt_checkpoint_config(
@@ -81,6 +86,10 @@ def validate_snn_config(cfg: DictConfig) -> None:
         )
     if snn.readout not in READOUTS:
         raise RmpError(f"unknown snn.readout '{snn.readout}'; choose one of: {', '.join(READOUTS)}")
+    if snn.get("maxpool", "gate") not in MAXPOOL_MODES:
+        raise RmpError(
+            f"unknown snn.maxpool '{snn.maxpool}'; choose one of: {', '.join(MAXPOOL_MODES)}"
+        )
     if not 0.0 <= float(snn.v_init) < 1.0:
         raise RmpError(f"snn.v_init is a fraction of the threshold in [0, 1), got {snn.v_init}")
     if not isinstance(snn.batch_size, int) or snn.batch_size < 1:
@@ -135,29 +144,45 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
         device = resolve_device(cfg.device)
         ann = load_model(ckpt).to(device)
         log.info("loaded %s into %s", cfg.weights, describe(cfg.model))
-        return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt)
-    if not (ckpt_path or cfg.get("ckpt")):
-        raise RmpError(
-            "no network given; pass ckpt=PATH (a model.pt written by `rmp train`) or "
-            "weights=PATH (weights for the model the config describes)"
-        )
-    ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
-    check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
-    adopt_checkpoint_config(cfg, ckpt["config"], overrides)
-    device = resolve_device(cfg.device)
-    ann = load_model(ckpt).to(device)
-    data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
-    if data.num_classes != int(ckpt["num_classes"]):
-        raise RmpError(
-            f"checkpoint has {ckpt['num_classes']} classes but dataset "
-            f"{cfg.dataset.name} has {data.num_classes}"
-        )
-    return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt)
+    else:
+        if not (ckpt_path or cfg.get("ckpt")):
+            raise RmpError(
+                "no network given; pass ckpt=PATH (a model.pt written by `rmp train`) or "
+                "weights=PATH (weights for the model the config describes)"
+            )
+        ckpt = load_checkpoint(ckpt_path or cfg.get("ckpt"))
+        check_same_model(ckpt["config"], cfg, list(overrides), ckpt["path"])
+        adopt_checkpoint_config(cfg, ckpt["config"], overrides)
+        device = resolve_device(cfg.device)
+        ann = load_model(ckpt).to(device)
+        data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
+        if data.num_classes != int(ckpt["num_classes"]):
+            raise RmpError(
+                f"checkpoint has {ckpt['num_classes']} classes but dataset "
+                f"{cfg.dataset.name} has {data.num_classes}"
+            )
+    ann, before = apply_maxpool_mode(ann, str(cfg.snn.get("maxpool", "gate")))
+    return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt, ann_before=before)
 
 
-def ann_metrics(p: Prepared) -> dict[str, float]:
+def apply_maxpool_mode(ann: nn.Module, mode: str) -> tuple[nn.Module, nn.Module | None]:
+    """(ANN to convert, original ANN or None). `avg` changes the ANN itself, so it is evaluated
+    and balanced as changed; `refuse` (and an unconvertible pool) fails here, before any run dir."""
+    if not find_max_pools(ann)[1]:  # also refuses pools that cannot be converted at all
+        return ann, None
+    if mode == "refuse":
+        replace_max_pools(ann, "refuse")  # raises, naming the first max-pool
+    if mode == "avg":
+        return replace_max_pools(copy.deepcopy(ann), "avg").eval(), ann
+    return ann, None
+
+
+def ann_metrics(p: Prepared, *, before: bool = False) -> dict[str, float]:
+    """Test metrics of the ANN that is converted (before=True: of the ANN as trained, when
+    snn.maxpool=avg changed it)."""
     loader = make_loader(p.data.test, int(p.cfg.snn.batch_size), shuffle=False, seed=0)
-    return evaluate(p.ann, loader, p.device)
+    ann = p.ann_before if before and p.ann_before is not None else p.ann
+    return evaluate(ann, loader, p.device)
 
 
 def chunk_size(cfg: DictConfig) -> int | str:
@@ -190,7 +215,11 @@ def poisson_scale(data: DataBundle) -> float:
 def build_snn(p: Prepared) -> SpikingNet:
     snn = p.cfg.snn
     return to_spiking(
-        p.ann, reset=str(snn.reset), v_init=float(snn.v_init), per_channel=bool(snn.per_channel)
+        p.ann,
+        reset=str(snn.reset),
+        v_init=float(snn.v_init),
+        per_channel=bool(snn.per_channel),
+        maxpool=str(snn.get("maxpool", "gate")),
     )
 
 

@@ -2,7 +2,8 @@
 
 Everything else must be exactly linear so that rates stay proportional to activations: conv,
 linear, average pooling, reshapes, concatenation, residual additions, per-channel affine maps
-(BN that cannot be folded). Anything else is refused with the layer's path and the op
+(BN that cannot be folded). Max-pooling is replaced first, per `maxpool` (convert/maxpool.py:
+spike-gated, average, or refused). Anything else is refused with the layer's path and the op
 (convert/canonical.py), never silently mis-converted.
 """
 
@@ -15,6 +16,8 @@ from torch import nn
 
 from rmp_cli.convert.bn_fold import fold_batchnorm, replace_submodule
 from rmp_cli.convert.canonical import DROPOUT_TYPES, canonicalize, check_supported
+from rmp_cli.convert.maxpool import replace_max_pools
+from rmp_cli.snn.maxpool import MaxPoolGate
 from rmp_cli.snn.network import SpikingNet, is_activation, node_module, trace_graph
 from rmp_cli.snn.neurons import IFNeuron, check_reset, check_v_init
 
@@ -25,15 +28,18 @@ def to_spiking(
     reset: str = "soft",
     v_init: float = 0.0,
     per_channel: bool = False,
+    maxpool: str = "gate",
 ) -> SpikingNet:
-    """Convert a trained ANN (left untouched) into a SpikingNet with thresholds 1.0."""
+    """Convert a trained ANN (left untouched) into a SpikingNet with thresholds 1.0.
+    `maxpool`: gate | avg | refuse, what becomes of max-pooling (convert/maxpool.py)."""
     check_reset(reset)
     check_v_init(v_init)
     model = canonicalize(copy.deepcopy(ann).eval().float())
     for p in model.parameters():
         p.requires_grad_(False)
+    model = replace_max_pools(model, maxpool)
     graph = trace_graph(model)
-    check_supported(model, graph)
+    check_supported(model, graph, extra_modules=(MaxPoolGate,))
     fold_batchnorm(model, graph)
     for node in graph.nodes:
         m = node_module(model, node)

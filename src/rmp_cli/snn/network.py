@@ -20,6 +20,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from rmp_cli.errors import RmpError
+from rmp_cli.snn.maxpool import MaxPoolGate
 from rmp_cli.snn.neurons import (
     IFNeuron,
     check_backend,
@@ -52,7 +53,7 @@ class _LeafTracer(fx.Tracer):
     """Keeps neurons and (possibly untraceable) trained activations as single graph nodes."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, IFNeuron) or is_activation(m):
+        if isinstance(m, (IFNeuron, MaxPoolGate)) or is_activation(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -162,6 +163,18 @@ class SpikingNet(nn.Module):
         for name, neuron in zip(names, self._neurons, strict=True):
             neuron.name = name
         self.output_layer = _output_layer(self.graph, module)
+        # Spike-gated max-pools carry state like the neurons: one instance per call site.
+        self.gates: list[MaxPoolGate] = []
+        for node in self.graph.nodes:
+            gate = node_module(module, node)
+            if isinstance(gate, MaxPoolGate):
+                if any(g is gate for g in self.gates):
+                    raise RmpError(
+                        f"max-pool gate '{node.target}' is called more than once; give every "
+                        f"call its own gate"
+                    )
+                gate.name = str(node.target)
+                self.gates.append(gate)
         self.reset_mode = reset
         self.v_init = v_init
         self.neuron_backend = default_backend()
@@ -222,20 +235,22 @@ class SpikingNet(nn.Module):
 
     # --- execution ------------------------------------------------------------------------------
     def configure(self, chunk: int, batch: int | None, plan: ExecutionPlan | None = None) -> None:
-        for n in self._neurons:
+        for n in (*self._neurons, *self.gates):
             n.configure(chunk, batch)
         if plan is not None:
             for m in plan.per_step:
                 m.configure(chunk, batch)
 
     def reset_state(self) -> None:
-        for n in self._neurons:
+        for n in (*self._neurons, *self.gates):
             n.reset_state()
 
     def release(self) -> None:
         for n in self._neurons:
             n.release()
             n.count_spikes = False
+        for g in self.gates:
+            g.release()
 
     def plan(self, *, spiking_input: bool) -> ExecutionPlan:
         """Build the stem/body split (cheap; rebuilt per run so it follows .to(device))."""
@@ -368,7 +383,11 @@ def _build_plan(graph: fx.Graph, module: nn.Module, *, spiking_input: bool) -> E
             if node.op == "output" or kinds[node] == _VARYING:
                 continue
             if node.op in ("call_module", "get_attr"):
-                stem_root[str(node.target)] = _resolve(module, node)
+                target = _resolve(module, node)
+                # A max-pool fed by a constant current is exactly the ANN op: no gate needed.
+                if isinstance(target, MaxPoolGate):
+                    target = target.static_pool()
+                stem_root[str(node.target)] = target
             stem_env[node] = stem.node_copy(node, lambda a: stem_env[a])
         stem.output(tuple(stem_env[n] for n in frontier))
         stem_gm = fx.GraphModule(stem_root, stem)
