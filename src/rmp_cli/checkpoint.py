@@ -17,7 +17,17 @@ from rmp_cli.errors import RmpError
 from rmp_cli.models import create_model
 
 FORMAT = "rmp-ann-v1"
-MODEL_KEYS = ("name", "bias", "batch_norm", "pool", "dropout", "activation", "act_levels", "width")
+MODEL_KEYS = (
+    "name",
+    "bias",
+    "batch_norm",
+    "pool",
+    "dropout",
+    "activation",
+    "act_levels",
+    "width",
+    "classifier_width",  # vgg only; absent from older checkpoints (= the reference 4096)
+)
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
