@@ -170,6 +170,7 @@ else
     run_dir="$run/sweep" "$@" || status=$?
   kill "$packer" 2>/dev/null || true
   wait "$packer" 2>/dev/null || true
+  rm -f "$out"/.run.tar.gz.*  # a pack cut off by the kill: not a file to send back
 fi
 pack
 
