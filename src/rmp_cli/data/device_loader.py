@@ -1,9 +1,9 @@
 """Training batches made where the model runs: uint8 images held on the device, augmented there.
 
 A host DataLoader over the in-memory datasets indexes, augments, normalizes, unbinds and
-re-stacks every batch on the CPU and copies it over; on a GPU that costs more than a VGG-16
-step. Here the uint8 images (150 MB for CIFAR-10's training split) move to the device once, and
-a batch is one gather, one crop/flip and one multiply-add there.
+re-stacks every batch on the CPU and copies it over, while the GPU, synchronised by the training
+loop at every step, waits. Here the uint8 images (150 MB for CIFAR-10's training split) move to
+the device once, and a batch is one gather, one crop/flip and one multiply-add there.
 
 Same batches as the host path, by construction: the order comes from a DataLoader over the
 indices with the seed `make_loader` would get (same sampler, same generator use), and the crop
