@@ -18,7 +18,7 @@ CIFAR10_DIR      ?= data/cifar10-jpg
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
 	study-cifar10-cpu study-resnet20-cpu study-lowlatency reproduce-fmnist compare-sj \
-	bench-train clean
+	bench-train device-bundle clean
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -76,6 +76,17 @@ reproduce-fmnist: setup fmnist-data ## The paper's claims at CPU scale on Fashio
 compare-sj: setup ## rmp's converter vs SpikingJelly's on one checkpoint (CKPT=RUN/ann/model.pt, ~6 min)
 	@test -n "$(CKPT)" || { echo "make compare-sj: set CKPT=<run dir>/ann/model.pt, e.g. from make reproduce-fmnist" >&2; exit 2; }
 	$(BIN)/python benchmarks/compare_spikingjelly.py experiment=fashion_mnist_reproduce ckpt=$(CKPT)
+
+# What a GPU machine without Hydra needs, inside the repo so that a call can carry it: the
+# pure-Python packages rmp needs beyond PyTorch (the versions of .venv) and the CIFAR-10 archives.
+device-bundle: setup ## Fill .devdata/ (site/ + cifar10-jpg/) for scripts/gpu_reproduce_cifar10.sh on a GPU call
+	rm -rf .devdata/site
+	$(BIN)/pip install -q --no-deps --target .devdata/site \
+	  $$($(BIN)/pip freeze | grep -i -E '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
+	mkdir -p .devdata/cifar10-jpg
+	cp $(CIFAR10_ARCHIVES)/train.tar.xz $(CIFAR10_ARCHIVES)/test.tar.xz \
+	  $(CIFAR10_ARCHIVES)/SHA256SUMS .devdata/cifar10-jpg/
+	@du -sh .devdata
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

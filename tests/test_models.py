@@ -101,7 +101,10 @@ def test_every_registered_model_is_tested_and_has_a_config() -> None:
 def test_model_config_builds_its_model(name: str) -> None:
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_MODEL / f"{name}.yaml"))
     reference = OmegaConf.to_container(OmegaConf.load(CONF_MODEL / "digits_cnn.yaml"))
-    assert list(cfg) == list(reference)  # flat keys, identical across files
+    # Flat keys, identical across files; the VGG files add the width of their hidden classifier
+    # (no other net has one, so there the key does not exist and setting it is refused).
+    assert [k for k in cfg if k != "classifier_width"] == list(reference)
+    assert ("classifier_width" in cfg) == name.startswith("vgg")
     assert cfg.pop("name") == name
     with torch.device("meta"):  # structure only, no memory or init time
         model = create_model(name, num_classes=10, input_shape=REFERENCE_SHAPES[name], **cfg)
@@ -332,6 +335,22 @@ def test_width_knob_scales_channels() -> None:
     assert modules_of(wide, nn.Conv2d)[0].out_channels == 32
 
 
+def test_classifier_width_knob_sets_the_vgg_hidden_units() -> None:
+    with torch.device("meta"):
+        narrow = create_model(
+            "vgg16", num_classes=10, input_shape=(3, 32, 32), classifier_width=512
+        )
+        scaled = create_model(
+            "vgg16", num_classes=10, input_shape=(3, 32, 32), classifier_width=512, width=0.25
+        )
+    hidden = [m.out_features for m in narrow.classifier if isinstance(m, nn.Linear)]
+    assert hidden == [512, 512, 10]
+    # 14,710,464 conv weights (the 39,917,248 above less the 4096-wide head) + 2048*512 + 512*512
+    # + 512*10: what the CIFAR VGG-16 recipes with a 512-wide classifier train.
+    assert n_params(narrow) == 14_710_464 + 2048 * 512 + 512 * 512 + 512 * 10
+    assert [m.out_features for m in scaled.classifier if isinstance(m, nn.Linear)] == [128, 128, 10]
+
+
 def test_models_accept_other_channel_counts_and_odd_sizes() -> None:
     model = create_model("mnist_cnn", num_classes=3, input_shape=(3, 30, 26), width=0.25)
     assert model(torch.rand(2, 3, 30, 26)).shape == (2, 3)
@@ -391,6 +410,8 @@ def test_make_activation_returns_fresh_modules_with_scalar_ceilings() -> None:
         ({"name": "resnet34"}, "at least 32x32"),
         ({"dropout": 1.0}, "model.dropout"),
         ({"width": 0}, "model.width"),
+        ({"name": "vgg16", "input_shape": (3, 32, 32), "classifier_width": 0}, "classifier_width"),
+        ({"classifier_width": 51.2}, "classifier_width"),
         ({"act_levels": 0}, "model.act_levels"),
         ({"bias": "no"}, "model.bias"),
         ({"num_classes": 0}, "num_classes"),

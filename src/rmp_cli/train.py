@@ -25,12 +25,14 @@ from rmp_cli.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
-from rmp_cli.data import build_data, make_loader
+from rmp_cli.data import build_data
+from rmp_cli.data.device_loader import BatchSource, check_setting
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 from rmp_cli.rundir import RunDir, log
 from rmp_cli.runtime import progress, resolve_device
 
+SCHEDULES = ("cosine", "step", "onecycle")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 
 
@@ -40,22 +42,37 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise RmpError(f"train.epochs must be a positive integer, got {t.epochs}")
     if float(t.lr) <= 0:
         raise RmpError(f"train.lr must be positive, got {t.lr}")
-    if t.schedule not in ("cosine", "step"):
-        raise RmpError(f"unknown train.schedule '{t.schedule}'; choose one of: cosine, step")
+    if t.schedule not in SCHEDULES:
+        raise RmpError(
+            f"unknown train.schedule '{t.schedule}'; choose one of: {', '.join(SCHEDULES)}"
+        )
+    if t.schedule == "onecycle" and not 0 <= float(t.warmup_epochs or 0) < t.epochs:
+        raise RmpError(
+            f"train.schedule=onecycle rises for train.warmup_epochs and then falls: it needs "
+            f"0 <= warmup_epochs < epochs, got {t.warmup_epochs} of {t.epochs}"
+        )
     if any(not 0 < float(m) < 1 for m in t.milestones):
         raise RmpError(
             f"train.milestones must be fractions of the epochs in (0, 1), got {list(t.milestones)}"
         )
     check_amp(t.get("amp", "auto"))
+    check_setting(cfg.dataset.get("on_device", "auto"))
     memory_format(torch.device("cpu"), t.get("channels_last", "auto"))
 
 
 def lr_factor(progress_epochs: float, cfg: DictConfig) -> float:
-    """LR multiplier at a fractional epoch: linear warm-up, then cosine or step decay."""
+    """LR multiplier at a fractional epoch: linear warm-up, then cosine, step or one-cycle decay.
+
+    onecycle is the triangular one-cycle of fast CIFAR-10 training: the warm-up's linear rise
+    to the peak, then a linear fall to zero at the end of the last epoch.
+    """
     t = cfg.train
     if t.warmup_epochs and progress_epochs < t.warmup_epochs:
         return (progress_epochs + 1e-3) / t.warmup_epochs
     frac = progress_epochs / t.epochs
+    if t.schedule == "onecycle":
+        warmup = float(t.warmup_epochs or 0)
+        return max(0.0, 1.0 - (progress_epochs - warmup) / (t.epochs - warmup))
     if t.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
     return float(t.gamma) ** sum(frac >= float(m) for m in t.milestones)
@@ -203,12 +220,13 @@ def train(
         rows = list(resume_state["metrics"])
         start_epoch = int(resume_state["epoch"]) + 1
         log.info("resuming after epoch %d of %d", start_epoch - 1, t.epochs)
-    test_loader = make_loader(
-        data.test,
-        int(cfg.dataset.eval_batch_size),
-        shuffle=False,
-        seed=int(cfg.seed),
-        num_workers=int(cfg.dataset.num_workers),
+    batches = BatchSource(
+        cfg.dataset.get("on_device", "auto"), device, int(cfg.dataset.num_workers)
+    )
+    if batches.on_device(data.train):
+        log.info("training batches are made on %s (dataset.on_device)", device)
+    test_loader = batches.loader(
+        data.test, int(cfg.dataset.eval_batch_size), shuffle=False, seed=int(cfg.seed)
     )
     if start_epoch > int(t.epochs):  # every epoch is done; the run stopped before model.pt
         if main:
@@ -225,13 +243,12 @@ def train(
                 data.train, num_replicas=world, rank=dist.rank(), shuffle=True, seed=int(cfg.seed)
             )
             sampler.set_epoch(epoch)
-        train_loader = make_loader(
+        train_loader = batches.loader(
             data.train,
             batch_size,
             shuffle=sampler is None,
             seed=int(cfg.seed) * 1000 + epoch,
             sampler=sampler,
-            num_workers=int(cfg.dataset.num_workers),
         )
         steps_per_epoch = steps_per_epoch or len(train_loader)
         tic = time.perf_counter()

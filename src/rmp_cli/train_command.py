@@ -18,7 +18,14 @@ from rmp_cli.rundir import RunDir, create_run_dir, log
 from rmp_cli.train import train, validate_train_config
 
 # Keys that may differ between a resumed run and its checkpoint (they do not change the result).
-RESUME_FREE_KEYS = {"resume", "run_dir", "device", "threads", "dataset.num_workers"}
+RESUME_FREE_KEYS = {
+    "resume",
+    "run_dir",
+    "device",
+    "threads",
+    "dataset.num_workers",
+    "dataset.on_device",  # the same batches either way (data/device_loader.py)
+}
 
 
 def _resume_conflicts(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: list[str]) -> list[str]:

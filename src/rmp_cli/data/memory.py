@@ -17,28 +17,46 @@ class RandomShiftFlip:
 
     Cropping the zero-padded image at a random offset is a shift by up to `pad` pixels; zero is the
     raw black pixel, as with torchvision, because this runs before normalization.
+
+    Drawing the offsets (`draw`, always from the CPU generator) is separate from moving the pixels
+    (`apply`, on whatever device the batch is on): a batch held on the GPU gets exactly the crops
+    and flips the same batch would get on the host, so where the data lives never changes a run.
     """
 
     def __init__(self, pad: int, flip: bool) -> None:
         self.pad = pad
         self.flip = flip
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def draw(self, batch: int) -> torch.Tensor:
+        """(3, batch) int64 on the CPU: row offset, column offset, flip (0/1) of each image."""
+        dy = dx = torch.zeros(batch, dtype=torch.long)
+        flips = torch.zeros(batch, dtype=torch.long)
+        if self.pad > 0:
+            dy = torch.randint(0, 2 * self.pad + 1, (batch,))
+            dx = torch.randint(0, 2 * self.pad + 1, (batch,))
+        if self.flip:
+            flips = (torch.rand(batch) < 0.5).long()
+        return torch.stack((dy, dx, flips))
+
+    def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Shift and flip `images` as `draws` (from `draw`, on the images' device) say."""
         b, c, h, w = images.shape
+        device = images.device
         if self.pad > 0:
             p = self.pad
             padded = F.pad(images, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (b, 1))
-            dx = torch.randint(0, 2 * p + 1, (b, 1))
-            rows = (dy + torch.arange(h))[:, None, :, None]
-            cols = (dx + torch.arange(w))[:, None, None, :]
-            batch = torch.arange(b)[:, None, None, None]
-            channel = torch.arange(c)[None, :, None, None]
+            rows = (draws[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
+            cols = (draws[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
+            batch = torch.arange(b, device=device)[:, None, None, None]
+            channel = torch.arange(c, device=device)[None, :, None, None]
             images = padded[batch, channel, rows, cols]
         if self.flip:
-            flipped = torch.rand(b) < 0.5
+            flipped = draws[2].bool()
             images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
         return images
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.apply(images, self.draw(images.shape[0]).to(images.device))
 
     def __repr__(self) -> str:
         return f"RandomShiftFlip(pad={self.pad}, flip={self.flip})"
@@ -78,6 +96,11 @@ class InMemoryImages(Dataset):
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), (C, 1, 1) each: normalized = raw * scale - shift."""
+        return self._scale, self._shift
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
         index = torch.as_tensor(indices, dtype=torch.long)

@@ -34,6 +34,7 @@ class ModelOptions:
     activation: str = "relu"
     act_levels: int = 8
     width: float | None = None
+    classifier_width: int | None = None  # hidden units of a VGG classifier; None = 4096
 
     def __post_init__(self) -> None:
         for key in ("bias", "batch_norm"):
@@ -54,6 +55,12 @@ class ModelOptions:
             raise RmpError(
                 f"model.width must be a positive channel multiplier (e.g. 0.25) or "
                 f"null for the reference widths, got {w!r}"
+            )
+        c = self.classifier_width
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise RmpError(
+                f"model.classifier_width must be a positive integer (hidden units) or null "
+                f"for the reference 4096, got {c!r}"
             )
 
     def channels(self, reference: int) -> int:

@@ -45,6 +45,7 @@ def create_model(
     activation: str = "relu",
     act_levels: int = 8,
     width: float | int | None = None,
+    classifier_width: int | None = None,
 ) -> nn.Module:
     """Build model `name` for `input_shape` = (channels, height, width) images."""
     builder = MODELS.get(name)
@@ -58,6 +59,7 @@ def create_model(
         activation=activation,
         act_levels=act_levels,
         width=width,
+        classifier_width=classifier_width,
     )
     return builder(
         num_classes=_check_num_classes(num_classes),
