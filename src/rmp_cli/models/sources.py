@@ -6,6 +6,7 @@ checkpoint loading; every source returns a plain nn.Module that knows nothing of
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,12 @@ from rmp_cli.models.custom_source import build_custom
 from rmp_cli.models.registry import create_model
 from rmp_cli.models.torchvision_source import build_torchvision, max_to_avg_pooling
 
-REGISTRY_KEYS = ("bias", "batch_norm", "pool", "dropout", "activation", "act_levels", "width")
+# The registry's knobs are create_model's keyword arguments, so a new knob needs no edit here.
+REGISTRY_KEYS = tuple(
+    p
+    for p in inspect.signature(create_model).parameters
+    if p not in {"name", "num_classes", "input_shape"}
+)
 EXTERNAL_POOLS = (None, "avg")  # external nets: keep their pooling, or max -> avg (fine-tuning)
 
 
