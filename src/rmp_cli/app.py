@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rmp_cli import stopping
-from rmp_cli.config import config_dir
+from rmp_cli.config import config_dir, resolve_auto_model
 from rmp_cli.errors import RmpError
 from rmp_cli.rundir import create_run_dir, log
 from rmp_cli.runtime import seed_everything, set_quiet, set_threads
@@ -43,6 +43,7 @@ def run_job(cfg: DictConfig) -> str:
     with open_dict(cfg):
         cfg.pop("task", None)
         cfg.run_dir = hc.runtime.output_dir
+        resolve_auto_model(cfg, overrides)
     set_quiet(True)
     set_threads(cfg.get("threads"))
     seed_everything(int(cfg.seed))

@@ -132,7 +132,8 @@ def check_same_model(
     if "model" in asked:
         checked |= {("model", key) for key in set(cfg.model) | set(ckpt_cfg.model)}
     checked |= {("model", a.split(".", 1)[1]) for a in asked if a.startswith("model.")}
-    for group, key in sorted(checked):
+    # The dataset and the architecture's name first: the most telling difference is named.
+    for group, key in sorted(checked, key=lambda gk: (gk[0] != "dataset", gk[1] != "name", gk)):
         if group == "model" and key in INIT_ONLY_KEYS:
             continue
         want, have = cfg[group].get(key), ckpt_cfg[group].get(key)

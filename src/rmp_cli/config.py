@@ -68,6 +68,15 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     return _compose([o for o in overrides if o != "model=auto"] + [f"model={default}"])
 
 
+def resolve_auto_model(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """In place: a config composed by Hydra itself (python -m rmp_cli.app) still says
+    model=auto; give it the model group compose_config would have chosen."""
+    if cfg.model.get("name") != "auto":
+        return
+    plain = [o for o in overrides if not o.lstrip("+~").startswith(("task=", "hydra"))]
+    cfg.model = compose_config(plain).model
+
+
 def _is_model_key(override: str) -> bool:
     return override.lstrip("+~").startswith("model.")
 

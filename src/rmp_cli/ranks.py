@@ -25,6 +25,9 @@ def torchrun_session(configs: Sequence[DictConfig]) -> Iterator[torch.device]:
             for cfg in configs:
                 cfg.device = str(device)
         yield device
+        # Every rank done before any tears down: gloo aborts a process whose peer has already
+        # closed its connections ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.shutdown()
 
