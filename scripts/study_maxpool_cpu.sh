@@ -16,7 +16,9 @@ FT_EPOCHS=${FT_EPOCHS:-2}
 FT_LR=${FT_LR:-0.005}
 TIMESTEPS=${TIMESTEPS:-2^0..2^9}
 GRID=${GRID:-"snn.reset=soft balance=rmp,percentile"}
-COMMON=(experiment=fashion_mnist_cnn "threads=$THREADS")
+EXTRA=${EXTRA:-}  # overrides for every step, e.g. "train.epochs=4 dataset.subset=1000"
+# shellcheck disable=SC2206  # EXTRA is a list of overrides
+COMMON=(experiment=fashion_mnist_cnn "threads=$THREADS" $EXTRA)
 
 mkdir -p "$OUT"
 step() {  # step NAME COMMAND...: run it unless NAME is done, log its wall time

@@ -257,7 +257,14 @@ def test_dataset_cache_fault_keeps_the_old_cache(
         f"dataset.cache_dir={cache}",
         "dataset.calib_size=4",
     ]
-    first = rmp("train", *data, "train.epochs=1", "model=vgg11", "model.width=0.125")
+    first = rmp(
+        "train",
+        *data,
+        "train.epochs=1",
+        "model=vgg11",
+        "model.width=0.125",
+        f"run_dir={tmp_path / 'first'}",
+    )
     assert first.exit_code == 0, first.stderr
     old = {p: p.read_bytes() for p in cache.iterdir()}
     assert len(old) == 2
