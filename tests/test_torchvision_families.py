@@ -30,6 +30,9 @@ CONVERTS = [
     ("regnet_x_400mf", 8),  # grouped convolutions
     ("shufflenet_v2_x0_5", 8),  # chunk, concatenation, channel shuffle
     ("densenet121", 8),  # F.relu, concatenation, BatchNorm after concatenation
+    ("vgg11_bn", 32),  # max-pools (spike-gated), adaptive average pool, dropout
+    ("squeezenet1_1", 48),  # Fire modules: concatenation; ceil_mode max-pools
+    ("alexnet", 64),  # overlapping 3x3 / stride 2 max-pools
 ]
 REFUSED = [
     ("efficientnet_b0", 32, r"layer 'features\.0\.2' is SiLU: not supported"),
