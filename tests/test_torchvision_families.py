@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 CONVERTS = [
     ("resnet18", 8),  # BasicBlock: one self.relu called twice per block
+    ("resnet34", 8),
     ("resnet50", 8),  # Bottleneck: three times
     ("mobilenet_v2", 8),  # ReLU6, depthwise convolutions
     ("mnasnet0_5", 8),
