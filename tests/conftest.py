@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,6 +33,15 @@ def run_rmp(
             f"rmp {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_delivered() -> None:
+    """A suite started in the background by a non-interactive shell inherits SIGINT ignored
+    (POSIX job control), and so would every rmp it starts, which then rightly ignores Ctrl-C;
+    the Ctrl-C tests need the signal delivered, as in a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
