@@ -64,7 +64,7 @@ cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHI
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)
 
-study-resnet20-cpu: cifar10-data ## The paper's ResNet-20 row on 2 CPU cores (~2 h training, ~1 h sweep)
+study-resnet20-cpu: cifar10-data ## The paper's ResNet-20 row on 2 CPU cores (~2 h training, ~2 h sweep on one thread)
 	$(RMP) sweep experiment=cifar10_resnet20_cpu dataset.root=$(CIFAR10_DIR)
 
 study-lowlatency: setup fmnist-data ## Low-latency methods side by side on Fashion-MNIST, T = 1..64
