@@ -179,10 +179,9 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
 def _write_layers(cfg: DictConfig, run_path: Path, rows: list[dict]) -> None:
     """layers.csv and layers.png: per-layer diagnostics at snn.timesteps."""
     from rmp_cli.layer_plot import STEM, draw_layers
-    from rmp_cli.sweep import axis_values
+    from rmp_cli.sweep import point_labels
 
-    keys = {"dataset": str(cfg.dataset.name), "model": str(cfg.model.name), **axis_values(cfg)}
-    table = layer_report.layer_table(keys, rows)
+    table = layer_report.layer_table(point_labels(cfg), rows)
     write_csv(run_path / layer_report.LAYERS_FILE, table)
     draw_layers(table, run_path / STEM)
 

@@ -165,6 +165,15 @@ def axis_values(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def point_labels(cfg: DictConfig) -> dict[str, Any]:
+    """What names a grid point in results.csv and layers.csv: dataset, model and the axes."""
+    return {
+        "dataset": str(cfg.dataset.name),
+        "model": describe(cfg.model),
+        **axis_values(cfg),
+    }
+
+
 # --- run dir, manifest and lock ------------------------------------------------------------
 
 
@@ -434,9 +443,7 @@ def _sweep_model(
         costs = EnergyCosts.from_config(point_cfg.get("energy"))
         rows = [
             {
-                "dataset": str(point_cfg.dataset.name),
-                "model": describe(point_cfg.model),
-                **axis_values(point_cfg),
+                **point_labels(point_cfg),
                 "timesteps": r["timesteps"],
                 "accuracy": r["accuracy"],
                 "top5": r.get("top5"),
@@ -501,12 +508,8 @@ def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json")
 
 
 def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]]) -> None:
-    keys = {
-        "dataset": str(point_cfg.dataset.name),
-        "model": str(point_cfg.model.name),
-        **axis_values(point_cfg),
-    }
-    layer_report.append_layers(run / layer_report.LAYERS_FILE, layer_report.layer_table(keys, rows))
+    table = layer_report.layer_table(point_labels(point_cfg), rows)
+    layer_report.append_layers(run / layer_report.LAYERS_FILE, table)
 
 
 def _finish(run: RunDir, df: pd.DataFrame) -> None:
