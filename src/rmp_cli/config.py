@@ -111,6 +111,19 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+# Top-level keys that say where and how fast a run goes, not what it computes.
+PLACEMENT_KEYS = ("resume", "run_dir", "device", "threads")
+
+
+def same_settings(a: DictConfig | dict, b: DictConfig | dict) -> bool:
+    """Whether two composed configs describe the same run, apart from PLACEMENT_KEYS."""
+    plain = [dict(to_container(c)) if isinstance(c, DictConfig) else dict(c) for c in (a, b)]
+    for config in plain:
+        for key in PLACEMENT_KEYS:
+            config.pop(key, None)
+    return plain[0] == plain[1]
+
+
 def from_container(data: dict) -> DictConfig:
     cfg = OmegaConf.create(data)
     OmegaConf.set_struct(cfg, False)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmp_cli import distributed as dist
 from rmp_cli import layer_report, pipeline, stopping
 from rmp_cli.atomic import atomic_torch_save, atomic_write_text
-from rmp_cli.config import to_container
+from rmp_cli.config import same_settings, to_container
 from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
@@ -81,11 +81,7 @@ def unfinished_convert(path: Path, cfg: DictConfig) -> bool:
         raise FileFault("cannot read", recorded, exc) from None
     except Exception:  # not a record this convert could have written: refuse the dir
         return False
-    new = to_container(cfg)
-    for volatile in ("run_dir", "device", "threads"):
-        old.pop(volatile, None)  # type: ignore[union-attr]
-        new.pop(volatile, None)
-    return old == new
+    return isinstance(old, dict) and same_settings(old, cfg)
 
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:

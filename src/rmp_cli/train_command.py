@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import stopping
 from rmp_cli.checkpoint import load_checkpoint
-from rmp_cli.config import to_container
+from rmp_cli.config import same_settings
 from rmp_cli.errors import RmpError
 from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.rundir import RunDir, create_run_dir, log
@@ -99,12 +99,7 @@ def requeued_state(run: RunDir, cfg: DictConfig) -> dict | None:
     if not last.is_file():
         return None
     state = load_resumable(last)
-    volatile = ("resume", "run_dir", "device", "threads")
-    want, have = to_container(cfg), to_container(state["config"])
-    for key in volatile:
-        want.pop(key, None)
-        have.pop(key, None)
-    if want != have:
+    if not same_settings(cfg, state["config"]):
         raise RmpError(
             f"{run.path} holds a training with other settings; choose another run dir "
             "(nothing was overwritten)"
