@@ -143,16 +143,16 @@ SUPPORTED = (
 )
 
 
-def where(node: fx.Node) -> str:
-    """The module path a node was traced in, for error messages."""
-    stack = node.meta.get("nn_module_stack") or {}
-    path = next(reversed(stack.values()))[0] if stack else ""
-    return f"'{path}'" if path else "the model's forward"
-
-
-def _module_path(node: fx.Node) -> str:
+def module_path(node: fx.Node) -> str:
+    """The path of the module a node was traced in ("" for the model's own forward)."""
     stack = node.meta.get("nn_module_stack") or {}
     return str(next(reversed(stack.values()))[0]) if stack else ""
+
+
+def where(node: fx.Node) -> str:
+    """The module path a node was traced in, for error messages."""
+    path = module_path(node)
+    return f"'{path}'" if path else "the model's forward"
 
 
 def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -256,7 +256,7 @@ def canonicalize(model: nn.Module) -> nn.Module:
             continue
         op, ceiling = kind
         label = "relu" if op == "relu" else _op_name(node)
-        path = _module_path(node)
+        path = module_path(node)
         base = f"{path}.{label}" if path else label
         new_path = names.fresh(base)
         gm.add_submodule(new_path, nn.ReLU() if op == "relu" else FixedClip(float(ceiling)))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmp_cli.convert.bn_fold import replace_submodule
-from rmp_cli.convert.canonical import where
+from rmp_cli.convert.canonical import module_path, where
 from rmp_cli.errors import RmpError
 from rmp_cli.snn.maxpool import MAX_POOL_TYPES, MaxPoolGate, PoolGeometry, geometry_of
 from rmp_cli.snn.network import node_module, trace_graph
@@ -80,11 +80,6 @@ def check_maxpool_mode(mode: str) -> str:
     if mode not in MAXPOOL_MODES:
         raise RmpError(f"unknown snn.maxpool '{mode}'; choose one of: {', '.join(MAXPOOL_MODES)}")
     return mode
-
-
-def _owner(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
 
 
 def _function_site(node: fx.Node, dims: int, adaptive: bool) -> MaxPoolSite:
@@ -187,7 +182,7 @@ def replace_max_pools(model: nn.Module, mode: str) -> nn.Module:
             gm.add_submodule(site.module, new)
             continue
         op = getattr(node.target, "__name__", "max_pool")
-        owner = _owner(node)
+        owner = module_path(node)
         base = site.module or (f"{owner}.{op}" if owner else op)
         path = _fresh_path(taken, base)
         gm.add_submodule(path, new)
