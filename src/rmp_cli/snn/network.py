@@ -224,7 +224,8 @@ class SpikingNet(nn.Module):
 
     @property
     def neuron_backend(self) -> str:
-        """How the neurons run a chunk: "auto" (fused kernel on CUDA), "eager" or "triton"."""
+        """How the neurons run a chunk: "auto" (the fused kernel of the device), "eager", "cpu"
+        or "triton"."""
         return self._backend
 
     @neuron_backend.setter
