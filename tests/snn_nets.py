@@ -153,9 +153,11 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def kaiming(model: nn.Module, seed: int) -> nn.Module:
-    """He-initialised weights and zero biases: random nets whose predictions vary with the input."""
-    torch.manual_seed(seed)
+def kaiming(model: nn.Module, seed: int | None) -> nn.Module:
+    """He-initialised weights and zero biases: random nets whose predictions vary with the input.
+    seed None draws on from the current random state."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):

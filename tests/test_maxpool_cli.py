@@ -13,6 +13,7 @@ from torch import nn
 
 from rmp_cli.models.torchvision_source import build_torchvision
 from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
+from tests.snn_nets import kaiming
 
 pytestmark = pytest.mark.slow
 
@@ -99,14 +100,7 @@ def test_torchvision_max_pool_families_converge_to_their_ann(arch: str, size: in
     from tests.test_torchvision_families import relative_errors
 
     torch.manual_seed(0)
-    model = build_torchvision(arch, num_classes=10, input_shape=(3, size, size))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    m.bias.zero_()
-    model.eval()
+    model = kaiming(build_torchvision(arch, num_classes=10, input_shape=(3, size, size)), None)
     assert any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     (err_128, err_512), same_class = relative_errors(model, size)
     assert err_512 <= 0.06 and err_512 <= err_128 / 2.5, (err_128, err_512)

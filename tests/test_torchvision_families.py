@@ -18,7 +18,7 @@ from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.errors import RmpError
 from rmp_cli.models.torchvision_source import build_torchvision
 from rmp_cli.snn.simulator import ChunkedRun, run_batch
-from tests.snn_nets import single_thread  # noqa: F401 - autouse fixture
+from tests.snn_nets import kaiming, single_thread  # noqa: F401 - autouse fixture
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +48,7 @@ REFUSED = [
 def he_initialised(arch: str, size: int) -> nn.Module:
     torch.manual_seed(0)
     model = build_torchvision(arch, num_classes=10, input_shape=(3, size, size), small_input=True)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    m.bias.zero_()
-    return model.eval()
+    return kaiming(model, seed=None)
 
 
 def relative_errors(model: nn.Module, size: int, **convert: object) -> tuple[list[float], bool]:
