@@ -113,11 +113,16 @@ def validate_snn_config(cfg: DictConfig) -> None:
 
 
 def check_weight_source(cfg: DictConfig) -> None:
+    """ckpt= or weights=, not both, naming a file: checked before any run dir is made."""
     if cfg.get("weights") and cfg.get("ckpt"):
         raise RmpError(
             "give either ckpt= (an rmp checkpoint: its config decides the model) or weights= "
             "(weights for the model the config describes), not both"
         )
+    for key, what in (("ckpt", "checkpoint"), ("weights", "weights file")):
+        path = cfg.get(key)
+        if path and not Path(str(path)).is_file():
+            raise RmpError(f"{what} not found: {path}")  # the wording of checkpoint._torch_load
 
 
 def weights_checkpoint(cfg: DictConfig, data: DataBundle) -> dict[str, Any]:
