@@ -50,6 +50,15 @@ def rmp(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     return lambda *args, **kw: run_rmp(tmp_path, *args, **kw)
 
 
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits ANN checkpoint (8 epochs), trained once and shared by the CLI test modules;
+    they only read it."""
+    cwd = tmp_path_factory.mktemp("ann")
+    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "train.epochs=8"))
+    return run / "model.pt"
+
+
 def last_line(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout.strip().splitlines()[-1]
 

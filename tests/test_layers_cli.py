@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rmp_cli.layer_report import COLUMNS
-from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
+from tests.conftest import assert_clean_error, last_line
 
 pytestmark = pytest.mark.slow
 
@@ -20,13 +20,6 @@ FRACTIONS = [
     "uneven_fraction",
     "firing_rate",
 ]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("ann")
-    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "train.epochs=8"))
-    return run / "model.pt"
 
 
 def test_sweep_writes_layers_csv_plot_and_names_the_bottleneck(

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import FAST_TRAIN, last_line, run_rmp
+from tests.conftest import last_line
 from tests.test_sweep_cli import QUICK
 from tests.test_train_cli import _metrics_rows
 
@@ -92,13 +92,6 @@ def test_sigterm_during_train_resumes_to_the_same_result(rmp, tmp_path: Path) ->
     wb = torch.load(cut / "model.pt", weights_only=True)["state_dict"]
     # Every logged metric is equal (above); weights agree to float noise, as for any resume.
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("ann")
-    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "train.epochs=8"))
-    return run / "model.pt"
 
 
 def test_sigterm_during_sweep_resumes_to_the_same_results(rmp, tmp_path: Path, ckpt: Path) -> None:

@@ -12,18 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST_TRAIN, assert_clean_error, last_line, run_rmp
+from tests.conftest import FAST_TRAIN, assert_clean_error, last_line
 
 pytestmark = pytest.mark.slow
 
 QUICK = ["threads=1", "balance.num_images=64", "balance.timesteps=64", "dataset.subset=120"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("ann")
-    run = cwd / last_line(run_rmp(cwd, "train", *FAST_TRAIN, "train.epochs=8"))
-    return run / "model.pt"
 
 
 def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> None:
