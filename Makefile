@@ -14,10 +14,12 @@ endif
 FMNIST_PKG := /usr/share/datasets/fashion-mnist
 CIFAR10_ARCHIVES ?= ../shared/data/cifar10-jpg
 CIFAR10_DIR      ?= data/cifar10-jpg
+CIFAR10_LOSSLESS_ARCHIVE ?= ../shared/data/cifar10-lossless
+CIFAR10_LOSSLESS_DIR     ?= data/cifar10-lossless
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
-	study-cifar10-cpu study-resnet20-cpu study-lowlatency reproduce-fmnist compare-sj \
+	cifar10-lossless-data study-cifar10-cpu study-resnet20-cpu study-resnet20-lossless study-lowlatency reproduce-fmnist compare-sj \
 	bench-train device-bundle clean
 
 help: ## Show the targets
@@ -60,6 +62,20 @@ fmnist-data: ## Install Fashion-MNIST from Debian's package (needs root)
 
 cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHIVES) into CIFAR10_DIR
 	@test -d $(CIFAR10_DIR)/train || $(RMP) unpack-cifar10 $(CIFAR10_ARCHIVES) $(CIFAR10_DIR)
+
+# Lossless CIFAR-10 in the official pickle layout: checked against SHA256SUMS before anything is
+# unpacked, unpacked beside the destination and moved into place, so a failed run leaves nothing.
+cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_ARCHIVE) into CIFAR10_LOSSLESS_DIR
+	@test -f $(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py/test_batch || { \
+	  ( cd $(CIFAR10_LOSSLESS_ARCHIVE) && sha256sum --check --quiet --strict SHA256SUMS ) || { \
+	    echo "make cifar10-lossless-data: $(CIFAR10_LOSSLESS_ARCHIVE) does not match its SHA256SUMS; nothing unpacked" >&2; exit 2; }; \
+	  mkdir -p $(CIFAR10_LOSSLESS_DIR) && tmp=$$(mktemp -d $(CIFAR10_LOSSLESS_DIR)/.unpack.XXXXXX) && \
+	  tar -xJf $(CIFAR10_LOSSLESS_ARCHIVE)/cifar-10-python.tar.xz -C $$tmp && \
+	  mv $$tmp/cifar-10-batches-py $(CIFAR10_LOSSLESS_DIR)/ && rmdir $$tmp && \
+	  echo "$(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py"; }
+
+study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10 (~2.3 h training on 2 cores, then the sweep)
+	$(RMP) sweep experiment=cifar10_resnet20_lossless dataset.root=$(CIFAR10_LOSSLESS_DIR)
 
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)
