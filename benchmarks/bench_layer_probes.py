@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_simulator import QUICK_IMAGES, SHAPES, build_net, make_images
-from rmp_cli.atomic import atomic_write_text
+from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.snn import SpikingNet, simulate
 
 THREADS = 1

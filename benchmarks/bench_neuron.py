@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from bench_simulator import BATCH, SHAPES, build_net, make_images
-from rmp_cli.atomic import atomic_write_text
+from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.snn import ChunkedRun, IFNeuron, run_batch
 from rmp_cli.snn.kernels import cpu_if
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from rmp_cli.atomic import atomic_write_text
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.models import create_model
+from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.snn import ChunkedRun, SpikingNet, run_batch, simulate
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rmp_cli.atomic import atomic_write_text
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.convert.bn_fold import replace_submodule
 from rmp_cli.models import create_model
+from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.snn import ChunkedRun, SpikingNet, run_batch, simulate
 
 THREADS = 2

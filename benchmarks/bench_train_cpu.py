@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rmp_cli.models import create_model
-from rmp_cli.train import autocast
+from rmp_cli.training.loop import autocast
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = {"resnet20": (3, 32, 32), "vgg11": (3, 32, 32), "vgg16": (3, 32, 32)}

@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rmp_cli import pipeline
-from rmp_cli.atomic import atomic_write, atomic_write_text
+from rmp_cli.commands import pipeline
+from rmp_cli.commands.grid import parse_timesteps
 from rmp_cli.config import compose_config
 from rmp_cli.convert import balance_thresholds
 from rmp_cli.data import make_loader
 from rmp_cli.errors import RmpError
-from rmp_cli.runtime import set_quiet, set_threads
-from rmp_cli.sweep import parse_timesteps
+from rmp_cli.runs.atomic import atomic_write, atomic_write_text
+from rmp_cli.runs.runtime import set_quiet, set_threads
 
 SJ_MODES = ("Max", "99.9%")
 RMP_METHODS = (("max_act", 100.0), ("percentile", 99.9))

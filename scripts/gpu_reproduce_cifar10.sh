@@ -147,7 +147,7 @@ if [ ! -f "$run/ann16.pt" ]; then
     exit 3
   fi
   stage "trained: $(tail -1 "$run/train/metrics.csv")"
-  "$python" -m rmp_cli.half_checkpoint "$run/train/model.pt" "$run/ann16.pt"
+  "$python" -m rmp_cli.training.half_checkpoint "$run/train/model.pt" "$run/ann16.pt"
   (cd "$run" && sha256sum ann16.pt > ann16.pt.sha256)
   send_checkpoint
   pack

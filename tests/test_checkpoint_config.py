@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rmp_cli.checkpoint import check_same_model
+from rmp_cli.commands.pipeline import adopt_checkpoint_config
 from rmp_cli.errors import RmpError
-from rmp_cli.pipeline import adopt_checkpoint_config
+from rmp_cli.training.checkpoint import check_same_model
 
 CKPT = OmegaConf.create(
     {

@@ -57,8 +57,8 @@ def test_config_dir_env_override(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("preset", group_choices("experiment"))
 def test_every_preset_sweep_grid_composes_into_valid_points(preset: str) -> None:
-    from rmp_cli.pipeline import validate_snn_config
-    from rmp_cli.sweep import config_grid, config_variants, grid_points
+    from rmp_cli.commands.grid import config_grid, config_variants, grid_points
+    from rmp_cli.commands.pipeline import validate_snn_config
 
     base = [f"experiment={preset}"]
     cfg = compose_config(base)
@@ -72,7 +72,7 @@ def test_every_preset_sweep_grid_composes_into_valid_points(preset: str) -> None
 
 
 def test_lowlatency_preset_runs_every_method_with_both_initial_potentials() -> None:
-    from rmp_cli.sweep import config_grid, config_variants, grid_points
+    from rmp_cli.commands.grid import config_grid, config_variants, grid_points
 
     base = ["experiment=fashion_mnist_lowlatency"]
     cfg = compose_config(base)

@@ -161,10 +161,10 @@ def test_training_on_device_equals_training_on_the_host(rmp, tmp_path: Path) -> 
 def test_an_interrupted_on_device_run_resumes_to_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rmp_cli import train as train_module
-    from rmp_cli.checkpoint import load_checkpoint
     from rmp_cli.config import compose_config
-    from rmp_cli.rundir import RunDir
+    from rmp_cli.runs.rundir import RunDir
+    from rmp_cli.training import loop as train_module
+    from rmp_cli.training.checkpoint import load_checkpoint
 
     cfg = compose_config(
         ["train.epochs=2", "dataset.augment=true", "dataset.on_device=true", "model.dropout=0.1"]

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from rmp_cli.convert import balance_thresholds, to_spiking
-from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import RmpError
+from rmp_cli.report.energy import EnergyCosts
 from rmp_cli.snn import simulate
-from rmp_cli.snn.opcount import fan_out_map
+from rmp_cli.snn.opcount import ann_macs_per_image, fan_out_map
 from tests.snn_nets import single_thread  # noqa: F401 - autouse fixture
 
 # Per output channel, how many outputs of a 3x3, padding 1 convolution on a 4x4 map each input

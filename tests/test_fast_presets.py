@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rmp_cli.checkpoint import build_model
+from rmp_cli.commands.grid import config_variants
 from rmp_cli.config import compose_config
-from rmp_cli.sweep import config_variants
+from rmp_cli.training.checkpoint import build_model
 
 FAST, NOBN = "cifar10_vgg16_fast", "cifar10_vgg16_fast_nobn"
 # What a device call returns: 64 MiB in all, 16 MiB a file, 8 files; the GPU script sends the

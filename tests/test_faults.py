@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rmp_cli import atomic, signals, stopping
-from rmp_cli.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from rmp_cli.commands import stopping
 from rmp_cli.errors import FileFault, RmpError, os_error_in
-from rmp_cli.plot import save_figure
+from rmp_cli.report.plot import save_figure
+from rmp_cli.runs import atomic, signals
+from rmp_cli.runs.atomic import atomic_torch_save, atomic_write, atomic_write_text
 
 FAULTS = [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EIO]
 
@@ -70,7 +71,7 @@ def test_atomic_files_and_their_folders_follow_the_umask(
 def test_umask_is_read_by_the_kernel_in_a_fresh_process(tmp_path: Path) -> None:
     """The mode is the umask's even when it is set by the parent shell, not by Python."""
     code = (
-        "from rmp_cli.atomic import atomic_write_text; "
+        "from rmp_cli.runs.atomic import atomic_write_text; "
         f"atomic_write_text({str(tmp_path / 'r.csv')!r}, 'x')"
     )
     subprocess.run(
@@ -343,7 +344,7 @@ def test_the_resume_command_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> N
 def test_reading_a_results_table_that_the_disk_refuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rmp_cli.results import read_results
+    from rmp_cli.report.results import read_results
 
     path = tmp_path / "results.csv"
     path.write_text("a\n1\n")
@@ -376,7 +377,7 @@ def test_a_rank_whose_peer_stopped_says_so_in_one_line(
 def test_a_full_disk_under_run_log_warns_once_and_logs_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rmp_cli.rundir import RunLogFile, close_logging, log, setup_logging
+    from rmp_cli.runs.rundir import RunLogFile, close_logging, log, setup_logging
 
     class FullDisk:
         def write(self, text: str) -> int:

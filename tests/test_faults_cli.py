@@ -19,8 +19,8 @@ import torch
 from click.testing import CliRunner, Result
 from matplotlib.figure import Figure
 
-from rmp_cli import atomic, rundir
 from rmp_cli.cli import main
+from rmp_cli.runs import atomic, rundir
 from tests.test_data import CIFAR10_CLASSES, write_jpeg_folders
 
 pytestmark = pytest.mark.slow

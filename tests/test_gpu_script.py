@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rmp_cli.checkpoint import load_checkpoint, load_model
+from rmp_cli.training.checkpoint import load_checkpoint, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmp_cli.checkpoint import (
+from rmp_cli.config import compose_config
+from rmp_cli.errors import RmpError
+from rmp_cli.training.checkpoint import (
     build_model,
     config_payload,
     load_checkpoint,
     load_model,
     save_checkpoint,
 )
-from rmp_cli.config import compose_config
-from rmp_cli.errors import RmpError
-from rmp_cli.half_checkpoint import half_checkpoint, half_state_dict
+from rmp_cli.training.half_checkpoint import half_checkpoint, half_state_dict
 
 
 def _checkpoint(path: Path, *, kind: str = "model") -> Path:
@@ -74,7 +74,7 @@ def test_values_beyond_float16_are_refused() -> None:
 def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "rmp_cli.half_checkpoint", *args],
+            [sys.executable, "-m", "rmp_cli.training.half_checkpoint", *args],
             capture_output=True,
             text=True,
             cwd=tmp_path,

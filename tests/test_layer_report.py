@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from rmp_cli.errors import RmpError
-from rmp_cli.layer_plot import draw_layers, pick_timesteps
-from rmp_cli.layer_report import (
+from rmp_cli.report.layer_plot import draw_layers, pick_timesteps
+from rmp_cli.report.layer_report import (
     COLUMNS,
     METRICS,
     append_layers,
@@ -19,8 +19,8 @@ from rmp_cli.layer_report import (
     layer_table,
     read_layers,
 )
-from rmp_cli.results import COLUMNS as RESULT_COLUMNS
-from rmp_cli.results import point_key, write_summary
+from rmp_cli.report.results import COLUMNS as RESULT_COLUMNS
+from rmp_cli.report.results import point_key, write_summary
 from rmp_cli.snn.probes import COLUMNS as ENGINE_COLUMNS
 
 KEYS = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rmp_cli.layer_report import COLUMNS
+from rmp_cli.report.layer_report import COLUMNS
 from tests.conftest import assert_clean_error, last_line
 
 pytestmark = pytest.mark.slow

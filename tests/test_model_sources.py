@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from rmp_cli.checkpoint import load_weights, read_state_dict
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import build_from_config, describe
 from rmp_cli.models.torchvision_source import build_torchvision, max_to_avg_pooling
+from rmp_cli.training.checkpoint import load_weights, read_state_dict
 from tests.snn_nets import single_thread  # noqa: F401 - autouse fixture
 
 

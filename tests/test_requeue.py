@@ -15,9 +15,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rmp_cli import app, pipeline, train
+from rmp_cli import app
+from rmp_cli.commands import pipeline
 from rmp_cli.config import config_dir
 from rmp_cli.errors import RmpError
+from rmp_cli.training import loop as train
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rmp_cli.results import (
+from rmp_cli.report.results import (
     COLUMNS,
     headline,
     read_results,

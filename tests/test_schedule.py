@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
-from rmp_cli.train import lr_factor, validate_train_config
+from rmp_cli.training.loop import lr_factor, validate_train_config
 from tests.conftest import assert_clean_error, last_line
 
 

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from rmp_cli.errors import RmpError
-from rmp_cli.sweep import (
+from rmp_cli.commands.grid import (
     config_variants,
     grid_points,
     parse_timesteps,
     split_grid,
     validate_timesteps,
 )
+from rmp_cli.errors import RmpError
 
 
 def test_comma_list_sorted() -> None:

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmp_cli import train
 from rmp_cli.errors import RmpError
-from rmp_cli.train import amp_enabled, autocast, check_amp, memory_format
+from rmp_cli.training import loop as train
+from rmp_cli.training.loop import amp_enabled, autocast, check_amp, memory_format
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -19,11 +19,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rmp_cli import stopping
+from rmp_cli.commands import stopping
 from rmp_cli.config import config_dir, resolve_auto_model
 from rmp_cli.errors import RmpError
-from rmp_cli.rundir import create_run_dir, log
-from rmp_cli.runtime import seed_everything, set_quiet, set_threads
+from rmp_cli.runs.rundir import create_run_dir, log
+from rmp_cli.runs.runtime import seed_everything, set_quiet, set_threads
 
 TASKS = ("sweep", "convert", "train")
 PROGRAM = ("python", "-m", "rmp_cli.app")
@@ -50,8 +50,8 @@ def run_job(cfg: DictConfig) -> str:
     again = rerun_args(hc)
     stopping.command_typed(again, program=PROGRAM)
     if task == "train":
-        from rmp_cli.train import train
-        from rmp_cli.train_command import requeued_state
+        from rmp_cli.commands.train import requeued_state
+        from rmp_cli.training.loop import train
 
         run = create_run_dir("train", cfg, overrides, reuse=True)
         stopping.run_opened(run.path, lambda _: again)
@@ -61,8 +61,8 @@ def run_job(cfg: DictConfig) -> str:
         else:
             train(cfg, run, resume_state=state)
     elif task == "convert":
-        from rmp_cli.convert_command import REPORT, _convert
-        from rmp_cli.pipeline import prepare
+        from rmp_cli.commands.convert import REPORT, _convert
+        from rmp_cli.commands.pipeline import prepare
 
         prepared = prepare(cfg, overrides)
         run = create_run_dir("convert", cfg, overrides, reuse=True)
@@ -72,9 +72,11 @@ def run_job(cfg: DictConfig) -> str:
         else:
             _convert(prepared, run.path, int(cfg.snn.timesteps))
     else:
-        from rmp_cli.pipeline import validate_snn_config
-        from rmp_cli.results import point_key
-        from rmp_cli.sweep import RunLock, axis_values, sweep_points, validate_timesteps
+        from rmp_cli.commands.grid import axis_values, validate_timesteps
+        from rmp_cli.commands.pipeline import validate_snn_config
+        from rmp_cli.commands.run_state import RunLock
+        from rmp_cli.commands.sweep import sweep_points
+        from rmp_cli.report.results import point_key
 
         steps = validate_timesteps(list(OmegaConf.to_container(cfg.sweep.timesteps)))
         validate_snn_config(cfg)

@@ -30,7 +30,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rmp_cli import stopping
+        from rmp_cli.commands import stopping
 
         stopping.command_typed(_as_typed(click.get_current_context()))
         return stopping.guarded(lambda: fn(*args, **kwargs))
@@ -65,8 +65,8 @@ def prepare(
 ) -> Any:
     """Compose the config (printing it for --cfg) and set process-wide knobs. None means --cfg."""
     from rmp_cli.config import compose_config, to_yaml
-    from rmp_cli.rundir import quiet_mode
-    from rmp_cli.runtime import seed_everything, set_quiet, set_threads
+    from rmp_cli.runs.rundir import quiet_mode
+    from rmp_cli.runs.runtime import seed_everything, set_quiet, set_threads
 
     cfg = compose_config([*overrides, *extra])
     if show_cfg:
@@ -82,7 +82,7 @@ def finish(run_dir: Path) -> None:
     """The run dir is the last line on stdout, so scripts can pick it up (rank 0 only)."""
     import os
 
-    from rmp_cli.rundir import close_logging
+    from rmp_cli.runs.rundir import close_logging
 
     close_logging()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -121,7 +121,7 @@ def train(show_cfg: bool, quiet: bool, overrides: tuple[str, ...]) -> None:
 
     `rmp train resume=RUN/last.pt` continues an interrupted run in its own run dir.
     """
-    from rmp_cli.train_command import run_train
+    from rmp_cli.commands.train import run_train
 
     cfg = prepare("train", overrides, show_cfg=show_cfg, quiet=quiet)
     if cfg is not None:
@@ -138,7 +138,7 @@ def convert(show_cfg: bool, quiet: bool, overrides: tuple[str, ...]) -> None:
 
     Writes snn.pt, thresholds.csv and convert.json and prints an ANN-vs-SNN table.
     """
-    from rmp_cli.convert_command import run_convert
+    from rmp_cli.commands.convert import run_convert
 
     cfg = prepare("convert", overrides, show_cfg=show_cfg, quiet=quiet)
     if cfg is not None:
@@ -165,7 +165,7 @@ def sweep(timesteps: str | None, show_cfg: bool, quiet: bool, overrides: tuple[s
     trains its own ANN). Without ckpt= the ANN is trained first. Rerunning with the same run_dir=
     resumes an interrupted sweep. Under torchrun the test set is sharded across ranks.
     """
-    from rmp_cli.sweep import run_sweep_command
+    from rmp_cli.commands.sweep import run_sweep_command
 
     finish_dir = run_sweep_command(
         list(overrides), timesteps=timesteps, show_cfg=show_cfg, quiet=quiet, prepare=prepare
@@ -186,7 +186,7 @@ def sweep(timesteps: str | None, show_cfg: bool, quiet: bool, overrides: tuple[s
 @friendly_errors
 def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Re-draw one finished sweep, or overlay several, from their results.csv."""
-    from rmp_cli.plot import plot_runs
+    from rmp_cli.report.plot import plot_runs
 
     for path in plot_runs(list(run_dirs), out):
         click.echo(str(path))

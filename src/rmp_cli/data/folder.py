@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.data.locations import cache_home
 from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.runs.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rmp_cli.errors import RmpError
-from rmp_cli.snn.neurons import memory_format_of
+from rmp_cli.snn.layout import memory_format_of
 
 ENCODINGS = ("direct", "poisson")
 

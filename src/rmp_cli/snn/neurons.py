@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rmp_cli.errors import RmpError
+from rmp_cli.snn.layout import memory_format_of
 
 RESETS = ("soft", "hard")
 BACKENDS = ("auto", "eager", "triton", "cpu")
@@ -288,14 +289,3 @@ def count_per_step(values: Tensor) -> Tensor:
     per_image = _counts_buffer((frames.shape[0],), frames[0].numel(), values.device)
     _count_per_image(frames, per_image)
     return per_image.view(values.shape[0], -1).to(torch.int64).sum(1)
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """channels_last for NHWC-strided 4-d tensors (the fast CPU layout), else contiguous."""
-    if (
-        x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format

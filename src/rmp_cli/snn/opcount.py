@@ -130,3 +130,15 @@ def synaptic_macs(module: nn.Module, example: Tensor) -> float:
     with MacCounter(module) as counter, torch.no_grad():
         module(example)
     return counter.macs
+
+
+def ann_macs_per_image(ann: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Multiply-accumulates of one ANN forward pass on one image of `input_shape`."""
+    first = next(ann.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = ann.training
+    ann.eval()
+    try:
+        return synaptic_macs(ann, torch.zeros(1, *input_shape, device=device))
+    finally:
+        ann.train(was_training)

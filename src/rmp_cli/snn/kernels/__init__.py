@@ -17,7 +17,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from rmp_cli.snn.neurons import memory_format_of
+from rmp_cli.snn.layout import memory_format_of
 
 KERNELS = ("triton", "cpu")
 CURRENT_DTYPES = {

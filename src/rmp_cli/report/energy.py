@@ -15,11 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from rmp_cli.errors import RmpError
-from rmp_cli.snn.opcount import synaptic_macs
 
 
 @dataclass(frozen=True)
@@ -51,15 +47,3 @@ class EnergyCosts:
         if not ann_macs or not math.isfinite(ann_macs):
             return math.nan
         return self.snn_pj(synops, analog_macs) / self.ann_pj(ann_macs)
-
-
-def ann_macs_per_image(ann: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Multiply-accumulates of one ANN forward pass on one image of `input_shape`."""
-    first = next(ann.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = ann.training
-    ann.eval()
-    try:
-        return synaptic_macs(ann, torch.zeros(1, *input_shape, device=device))
-    finally:
-        ann.train(was_training)

@@ -14,8 +14,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Subset
 
-from rmp_cli import distributed as dist
-from rmp_cli.checkpoint import (
+from rmp_cli.config import from_container, to_container
+from rmp_cli.convert import balance_thresholds, to_spiking
+from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
+from rmp_cli.data import DataBundle, build_data, make_loader
+from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
+from rmp_cli.report.energy import EnergyCosts
+from rmp_cli.runs import distributed as dist
+from rmp_cli.runs.rundir import log
+from rmp_cli.runs.runtime import progress, resolve_device
+from rmp_cli.snn import SimResult, SpikingNet, simulate
+from rmp_cli.snn.simulator import PRECISIONS
+from rmp_cli.training.checkpoint import (
     build_model,
     check_same_model,
     load_checkpoint,
@@ -23,18 +34,7 @@ from rmp_cli.checkpoint import (
     load_weights,
     read_state_dict,
 )
-from rmp_cli.config import from_container, to_container
-from rmp_cli.convert import balance_thresholds, to_spiking
-from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
-from rmp_cli.data import DataBundle, build_data, make_loader
-from rmp_cli.energy import EnergyCosts
-from rmp_cli.errors import RmpError
-from rmp_cli.models.sources import describe
-from rmp_cli.rundir import log
-from rmp_cli.runtime import progress, resolve_device
-from rmp_cli.snn import SimResult, SpikingNet, simulate
-from rmp_cli.snn.simulator import PRECISIONS
-from rmp_cli.train import evaluate
+from rmp_cli.training.loop import evaluate
 
 RESETS = ("hard", "soft")
 ENCODINGS = ("direct", "poisson")

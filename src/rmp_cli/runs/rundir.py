@@ -19,8 +19,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli import __version__
-from rmp_cli.atomic import atomic_write_text
 from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.runs.atomic import atomic_write_text
 
 LOG_NAME = "run.log"
 # What every run dir gets before any work is done (a sweep adds its manifest and lock): a run

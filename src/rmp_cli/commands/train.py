@@ -9,13 +9,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmp_cli import stopping
-from rmp_cli.checkpoint import load_checkpoint
+from rmp_cli.commands import stopping
 from rmp_cli.config import same_settings
 from rmp_cli.errors import RmpError
-from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
-from rmp_cli.rundir import RunDir, create_run_dir, log
-from rmp_cli.train import train, validate_train_config
+from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
+from rmp_cli.runs.rundir import RunDir, create_run_dir, log
+from rmp_cli.training.checkpoint import load_checkpoint
+from rmp_cli.training.loop import train, validate_train_config
 
 # Keys that may differ between a resumed run and its checkpoint (they do not change the result).
 RESUME_FREE_KEYS = {

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from rmp_cli import signals
 from rmp_cli.errors import FileFault, RmpError
-from rmp_cli.rundir import BOOKKEEPING
+from rmp_cli.runs import signals
+from rmp_cli.runs.rundir import BOOKKEEPING
 
 BAD_INPUT = 2
 T = TypeVar("T")

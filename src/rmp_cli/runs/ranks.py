@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from rmp_cli import distributed as dist
 from rmp_cli.errors import RmpError
-from rmp_cli.rundir import RunDir, setup_logging
-from rmp_cli.runtime import resolve_device, set_quiet
+from rmp_cli.runs import distributed as dist
+from rmp_cli.runs.rundir import RunDir, setup_logging
+from rmp_cli.runs.runtime import resolve_device, set_quiet
 
 
 @contextlib.contextmanager

@@ -11,16 +11,18 @@ from pathlib import Path
 import click
 from omegaconf import DictConfig, OmegaConf
 
-from rmp_cli import distributed as dist
-from rmp_cli import layer_report, pipeline, stopping
-from rmp_cli.atomic import atomic_torch_save, atomic_write_text
+from rmp_cli.commands import pipeline, stopping
 from rmp_cli.config import same_settings, to_container
-from rmp_cli.energy import EnergyCosts, ann_macs_per_image
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
-from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
-from rmp_cli.results import write_csv
-from rmp_cli.rundir import RunDir, create_run_dir, log
+from rmp_cli.report import layer_report
+from rmp_cli.report.energy import EnergyCosts
+from rmp_cli.report.results import write_csv
+from rmp_cli.runs import distributed as dist
+from rmp_cli.runs.atomic import atomic_torch_save, atomic_write_text
+from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
+from rmp_cli.runs.rundir import RunDir, create_run_dir, log
+from rmp_cli.snn.opcount import ann_macs_per_image
 
 REPORT = "convert.json"  # written last: a run dir without it holds an unfinished convert
 
@@ -174,8 +176,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
 
 def _write_layers(cfg: DictConfig, run_path: Path, rows: list[dict]) -> None:
     """layers.csv and layers.png: per-layer diagnostics at snn.timesteps."""
-    from rmp_cli.layer_plot import STEM, draw_layers
-    from rmp_cli.sweep import point_labels
+    from rmp_cli.commands.grid import point_labels
+    from rmp_cli.report.layer_plot import STEM, draw_layers
 
     table = layer_report.layer_table(point_labels(cfg), rows)
     write_csv(run_path / layer_report.LAYERS_FILE, table)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rmp_cli.atomic import atomic_write_text
 from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.runs.atomic import atomic_write_text
 
 AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation")
 # Columns added after the first release, with the value older results.csv files implied.

@@ -28,12 +28,16 @@ from typing import Any
 import pandas as pd
 
 from rmp_cli.errors import RmpError
-from rmp_cli.results import AXES, point_key, summarize, with_implied_axes, write_csv
-from rmp_cli.snn.probes import COLUMNS as PROBE_COLUMNS
+from rmp_cli.report.results import AXES, point_key, summarize, with_implied_axes, write_csv
 
 LAYERS_FILE = "layers.csv"
 KEYS = ("dataset", "model", *AXES)
-METRICS = PROBE_COLUMNS  # the engine's per-layer statistics, in its order
+# The per-layer statistics above, in the engine's order (tests hold it equal to the probes').
+METRICS = (
+    *("firing_rate", "silent_fraction", "saturated_fraction", "ann_rate", "rate_error"),
+    *("pearson_r", "input_current", "discarded_charge", "residual_charge"),
+    *("clipped_fraction", "uneven_fraction"),
+)
 COLUMNS = (*KEYS, "timesteps", "depth", "layer", "neurons", *METRICS)
 # The bottleneck: the first layer whose rate error exceeds this multiple of the first layer's.
 BOTTLENECK_FACTOR = 2.0

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import math
-import os
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -17,241 +13,31 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from rmp_cli import distributed as dist
-from rmp_cli import layer_report, pipeline, stopping
-from rmp_cli.atomic import atomic_write_text
-from rmp_cli.checkpoint import load_checkpoint
+from rmp_cli.commands import pipeline, stopping
+from rmp_cli.commands.grid import (
+    GRID_AXES,
+    axis_values,
+    config_grid,
+    config_variants,
+    grid_points,
+    parse_timesteps,
+    point_labels,
+    split_grid,
+    validate_timesteps,
+)
+from rmp_cli.commands.run_state import RunLock, _manifest, _open_run, read_json
 from rmp_cli.config import compose_config
-from rmp_cli.energy import EnergyCosts, ann_macs_per_image
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
-from rmp_cli.ranks import discard_if_failed, on_main, torchrun_session
-from rmp_cli.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
-from rmp_cli.rundir import RunDir, create_run_dir, log, make_dir
-
-# Override keys whose comma lists make a grid; anything else with a comma is refused.
-GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
-# sweep.variants may set these config groups (model.* selects another ANN, trained per variant).
-VARIANT_GROUPS = ("model", "balance", "snn")
-MANIFEST = "sweep.json"
-MAX_TIMESTEPS = 1 << 20
-_POW2_RANGE = re.compile(r"^2\^(\d+)\.\.2\^(\d+)$")
-
-
-def parse_timesteps(text: str) -> list[int]:
-    """'32,64,128' or '2^5..2^11' (or both, comma-joined) -> sorted ints; bad values are refused."""
-    items = [item.strip() for item in str(text).split(",")]
-    if not any(items):
-        raise RmpError("no time-steps given; e.g. --timesteps 32,64,128 or --timesteps 2^5..2^11")
-    values: list[int] = []
-    for item in items:
-        if match := _POW2_RANGE.match(item):
-            lo, hi = int(match[1]), int(match[2])
-            if lo > hi or hi > 20:
-                raise RmpError(f"invalid time-step range '{item}'; need 2^a..2^b with a <= b <= 20")
-            values += [2**k for k in range(lo, hi + 1)]
-        elif re.fullmatch(r"[+-]?\d+", item):
-            values.append(int(item))
-        else:
-            raise RmpError(
-                f"invalid time-step '{item}'; use integers (32,64,128) or a power-of-two "
-                "range (2^5..2^11)"
-            )
-    return validate_timesteps(values)
-
-
-def validate_timesteps(values: Sequence[Any]) -> list[int]:
-    if len(values) == 0:
-        raise RmpError("no time-steps given; e.g. --timesteps 32,64,128")
-    ints = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise RmpError(f"invalid time-step {v!r}; time-steps are positive integers")
-        if v < 1:
-            raise RmpError(f"time-steps must be >= 1, got {v}")
-        if v > MAX_TIMESTEPS:
-            raise RmpError(f"time-step {v} is beyond the supported maximum {MAX_TIMESTEPS}")
-        ints.append(v)
-    duplicates = sorted({v for v in ints if ints.count(v) > 1})
-    if duplicates:
-        raise RmpError(
-            f"duplicate time-steps {', '.join(map(str, duplicates))}; list each value once"
-        )
-    return sorted(ints)
-
-
-def _top_level_comma(value: str) -> bool:
-    depth = 0
-    for ch in value:
-        depth += ch in "[{("
-        depth -= ch in "]})"
-        if ch == "," and depth == 0:
-            return True
-    return False
-
-
-def split_grid(overrides: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Separate grid axes (comma lists on GRID_AXES) from ordinary overrides."""
-    base: list[str] = []
-    axes: dict[str, list[str]] = {}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if sep and _top_level_comma(value):
-            if key not in GRID_AXES:
-                raise RmpError(
-                    f"'{override}': comma lists make a grid only on {', '.join(GRID_AXES)}; "
-                    f"give {key} a single value"
-                )
-            values = [v.strip() for v in value.split(",")]
-            if any(v == "" for v in values) or len(set(values)) != len(values):
-                raise RmpError(f"'{override}': empty or repeated grid values")
-            axes[key] = values
-        else:
-            base.append(override)
-    return base, axes
-
-
-def config_grid(entries: Sequence[str]) -> dict[str, list[str]]:
-    """sweep.grid entries like 'snn.reset=hard,soft' (a single value is a one-point axis)."""
-    axes = {}
-    for entry in entries:
-        key, sep, value = str(entry).partition("=")
-        if not sep or key not in GRID_AXES:
-            raise RmpError(
-                f"sweep.grid entry '{entry}' must be AXIS=V1,V2 with AXIS in {', '.join(GRID_AXES)}"
-            )
-        axes[key] = [v.strip() for v in value.split(",")]
-    return axes
-
-
-def config_variants(entries: Any) -> list[list[str]]:
-    """sweep.variants: a list of override lists, each crossed with the grid (e.g. the trained
-    activations, which need their own ANN and balance=trained). Empty = one plain variant."""
-    if not entries:
-        return [[]]
-    variants = []
-    for entry in entries:
-        overrides = [str(entry)] if isinstance(entry, str) else [str(o) for o in entry]
-        for override in overrides:
-            key, sep, value = override.partition("=")
-            if not sep or _top_level_comma(value) or key.split(".")[0] not in VARIANT_GROUPS:
-                raise RmpError(
-                    f"sweep.variants entry '{override}' must be KEY=VALUE (one value) with KEY "
-                    f"under {', '.join(VARIANT_GROUPS)}"
-                )
-        variants.append(overrides)
-    return variants
-
-
-def grid_points(
-    base: list[str], axes: dict[str, list[str]], variants: Sequence[list[str]] = ((),)
-) -> list[list[str]]:
-    keys = list(axes)
-    combos = [
-        [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
-        for combo in itertools.product(*(axes[k] for k in keys))
-    ] or [[]]
-    return [base + list(variant) + combo for variant in variants for combo in combos]
-
-
-def axis_values(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "reset": str(cfg.snn.reset),
-        "balance": str(cfg.balance.method),
-        "scale": float(cfg.balance.scale),
-        "v_init": float(cfg.snn.v_init),
-        "encoding": str(cfg.snn.encoding),
-        "activation": str(cfg.model.get("activation", "relu")),
-    }
-
-
-def point_labels(cfg: DictConfig) -> dict[str, Any]:
-    """What names a grid point in results.csv and layers.csv: dataset, model and the axes."""
-    return {
-        "dataset": str(cfg.dataset.name),
-        "model": describe(cfg.model),
-        **axis_values(cfg),
-    }
-
-
-# --- run dir, manifest and lock ------------------------------------------------------------
-
-
-def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[str, Any]:
-    base = OmegaConf.to_container(cfg, resolve=True)
-    for volatile in ("run_dir", "device", "threads"):
-        base.pop(volatile, None)  # type: ignore[union-attr]
-    return {"timesteps": timesteps, "grid": keys, "config": base}
-
-
-def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -> RunDir:
-    explicit = cfg.get("run_dir")
-    if explicit and (Path(str(explicit)) / MANIFEST).is_file():
-        old = read_json(Path(str(explicit)) / MANIFEST)
-        if old != manifest:
-            raise RmpError(
-                f"run dir {explicit} holds a sweep with other settings; resume it with the "
-                "same overrides and time-steps, or choose another run_dir="
-            )
-        run = create_run_dir("sweep", cfg, overrides, reuse=True)
-        log.info("resuming the sweep in %s", run.path)
-        return run
-    run = create_run_dir("sweep", cfg, overrides)
-    atomic_write_text(run / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return run
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file this sweep wrote (atomically); a read fault is one clear line."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise FileFault("cannot read", path, exc) from None
-    except ValueError:
-        raise RmpError(f"{path} is not valid JSON; was it edited by hand?") from None
-
-
-class RunLock:
-    """Refuse a second live process in the same run dir (a stale lock from a killed run is taken over)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path / ".lock"
-
-    def __enter__(self) -> RunLock:
-        for _ in range(2):
-            try:
-                self._create()
-                return self
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text() or 0)
-                    os.kill(pid, 0)
-                except (ValueError, ProcessLookupError, FileNotFoundError):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                except PermissionError:
-                    pass
-                raise RmpError(
-                    f"another rmp process (pid {pid}) is using {self.path.parent}"
-                ) from None
-            except OSError as exc:
-                raise FileFault("cannot write", self.path, exc) from None
-        raise RmpError(f"cannot lock {self.path.parent}")
-
-    def _create(self) -> None:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        try:
-            os.write(fd, str(os.getpid()).encode())
-        except OSError:
-            os.close(fd)
-            self.path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):  # a stale lock is taken over by the next run
-            self.path.unlink(missing_ok=True)
-
+from rmp_cli.report import layer_report
+from rmp_cli.report.energy import EnergyCosts
+from rmp_cli.report.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
+from rmp_cli.runs import distributed as dist
+from rmp_cli.runs.atomic import atomic_write_text
+from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
+from rmp_cli.runs.rundir import RunDir, log, make_dir
+from rmp_cli.snn.opcount import ann_macs_per_image
+from rmp_cli.training.checkpoint import load_checkpoint
 
 # --- the sweep ----------------------------------------------------------------------------
 
@@ -288,7 +74,7 @@ def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str |
         return str(cfg.ckpt)
     if cfg.get("weights"):
         return None
-    from rmp_cli.train import train
+    from rmp_cli.training.loop import train
 
     ann_dir = run.path / name
     if (ann_dir / "model.pt").is_file():
@@ -513,9 +299,9 @@ def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]
 
 
 def _finish(run: RunDir, df: pd.DataFrame) -> None:
-    from rmp_cli.layer_plot import STEM as LAYERS_STEM
-    from rmp_cli.layer_plot import draw_layers
-    from rmp_cli.plot import STEM, draw
+    from rmp_cli.report.layer_plot import STEM as LAYERS_STEM
+    from rmp_cli.report.layer_plot import draw_layers
+    from rmp_cli.report.plot import STEM, draw
 
     sections = []
     layers_path = run / layer_report.LAYERS_FILE

@@ -9,15 +9,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: clusters and CI have no display
 import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 
-from rmp_cli.atomic import atomic_write
 from rmp_cli.errors import RmpError
-from rmp_cli.layer_report import LAYERS_FILE, read_layers
-from rmp_cli.results import AXES, read_results
+from rmp_cli.report.figures import FORMATS, save_figure
+from rmp_cli.report.layer_report import LAYERS_FILE, read_layers
+from rmp_cli.report.results import AXES, read_results
 
 STEM = "accuracy_vs_timesteps"
-FORMATS = ("png", "pdf")
 
 
 def _label(row: pd.Series, varying: list[str], prefix: str) -> str:
@@ -92,12 +90,6 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
         plt.close(fig)
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Atomically, like every result: a full disk leaves the previous figure, not half a PNG."""
-    ext = path.suffix.lstrip(".")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=130))
-
-
 def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
     runs = []
     for run in run_dirs:
@@ -110,8 +102,8 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
         out = run_dirs[0] / STEM if len(run_dirs) == 1 else Path("overlay")
     paths = draw(runs, out)
     if len(run_dirs) == 1 and (run_dirs[0] / LAYERS_FILE).is_file():
-        from rmp_cli.layer_plot import STEM as LAYERS_STEM
-        from rmp_cli.layer_plot import draw_layers
+        from rmp_cli.report.layer_plot import STEM as LAYERS_STEM
+        from rmp_cli.report.layer_plot import draw_layers
 
         layers = read_layers(run_dirs[0] / LAYERS_FILE)
         if len(layers):

@@ -1,6 +1,6 @@
 """A float16 copy of an ANN checkpoint: half the bytes, for moving a trained net between machines.
 
-    python -m rmp_cli.half_checkpoint MODEL.pt OUT.pt
+    python -m rmp_cli.training.half_checkpoint MODEL.pt OUT.pt
 
 rounds every floating-point tensor of the state dict to float16 (integer buffers such as
 BatchNorm's num_batches_tracked stay as they are) and marks the copy (`weights_dtype`). Loading
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from rmp_cli.checkpoint import config_payload, load_checkpoint, save_checkpoint
 from rmp_cli.errors import RmpError
+from rmp_cli.training.checkpoint import config_payload, load_checkpoint, save_checkpoint
 
 HALF = torch.float16
 HALF_MAX = torch.finfo(HALF).max
@@ -59,7 +59,7 @@ def half_checkpoint(source: str | Path, target: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m rmp_cli.half_checkpoint MODEL.pt OUT.pt", file=sys.stderr)
+        print("usage: python -m rmp_cli.training.half_checkpoint MODEL.pt OUT.pt", file=sys.stderr)
         return 2
     try:
         print(half_checkpoint(args[0], args[1]))

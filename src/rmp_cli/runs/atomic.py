@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rmp_cli.errors import FileFault, os_error_in
-from rmp_cli.signals import deferred
+from rmp_cli.runs.signals import deferred
 
 FILE_MODE = 0o666  # less the umask, as open() does
 # Filesystems that cannot fsync (some FUSE and special mounts): the rename still keeps it atomic.

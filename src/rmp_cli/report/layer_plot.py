@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from rmp_cli.results import AXES
-from rmp_cli.rundir import make_dir
+from rmp_cli.report.figures import FORMATS, save_figure
+from rmp_cli.report.results import AXES
+from rmp_cli.runs.rundir import make_dir
 
 STEM = "layers"
 MAX_CURVES = 4  # time-steps drawn per panel
@@ -115,13 +116,9 @@ def draw_layers(df: pd.DataFrame, out_stem: Path) -> list[Path]:
 
 def _save(fig: plt.Figure, out_stem: Path) -> list[Path]:
     """Atomically, as every result (a full disk is one line and leaves the previous figure)."""
-    from rmp_cli.plot import save_figure
-
     make_dir(out_stem.parent, exist_ok=True)
     try:
-        return [
-            save_figure(fig, out_stem.with_name(f"{out_stem.name}.{ext}")) for ext in ("png", "pdf")
-        ]
+        return [save_figure(fig, out_stem.with_name(f"{out_stem.name}.{ext}")) for ext in FORMATS]
     finally:
         plt.close(fig)
 

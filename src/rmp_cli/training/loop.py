@@ -15,9 +15,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from rmp_cli import distributed as dist
-from rmp_cli.atomic import atomic_write_text
-from rmp_cli.checkpoint import (
+from rmp_cli.data import build_data
+from rmp_cli.data.device_loader import BatchSource, check_setting
+from rmp_cli.errors import RmpError
+from rmp_cli.models.sources import describe
+from rmp_cli.runs import distributed as dist
+from rmp_cli.runs.atomic import atomic_write_text
+from rmp_cli.runs.rundir import RunDir, log
+from rmp_cli.runs.runtime import progress, resolve_device
+from rmp_cli.training.checkpoint import (
     build_model,
     config_payload,
     load_weights,
@@ -25,12 +31,6 @@ from rmp_cli.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
-from rmp_cli.data import build_data
-from rmp_cli.data.device_loader import BatchSource, check_setting
-from rmp_cli.errors import RmpError
-from rmp_cli.models.sources import describe
-from rmp_cli.rundir import RunDir, log
-from rmp_cli.runtime import progress, resolve_device
 
 SCHEDULES = ("cosine", "step", "onecycle")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")

@@ -11,10 +11,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from rmp_cli.atomic import atomic_torch_save
 from rmp_cli.config import from_container, to_container
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import build_from_config
+from rmp_cli.runs.atomic import atomic_torch_save
 
 FORMAT = "rmp-ann-v1"
 # model.* keys that only say how to initialise a net, not which net it is.
