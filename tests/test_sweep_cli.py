@@ -43,7 +43,7 @@ def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> N
     ):
         assert (run / name).stat().st_size > 0, name
     summary = (run / "summary.md").read_text()
-    headlines = ("fewer time-steps", "more time-steps", "(same T)", "does not reach")
+    headlines = ("fewer time-steps", "more time-steps", "indistinguishable", "stays significantly")
     assert any(h in summary for h in headlines), summary
     replot = rmp("plot", str(run), str(run), "-o", str(tmp_path / "overlay"))
     assert (tmp_path / "overlay.png").is_file() and "overlay.png" in replot.stdout
