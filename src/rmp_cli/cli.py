@@ -108,6 +108,7 @@ def main() -> None:
     rmp convert ckpt=outputs/train/.../model.pt snn.reset=soft balance=spike_norm
     rmp sweep   --timesteps 1,2,4,...,512 snn.reset=hard,soft
     rmp plot    outputs/sweep/RUN [RUN ...]
+    rmp compare outputs/sweep/RUN_A outputs/sweep/RUN_B
     """
 
 
@@ -190,6 +191,25 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
     for path in plot_runs(list(run_dirs), out):
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option(
+    "--confidence",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Level of the intervals of the differences.",
+)
+@friendly_errors
+def compare(run_a: Path, run_b: Path, confidence: float) -> None:
+    """Paired test of two finished runs on the same test images (from their predictions.npz):
+    per matching grid point and T, both accuracies, A - B with its interval, and p."""
+    from rmp_cli.report.compare import compare_runs
+
+    click.echo(compare_runs(run_a, run_b, confidence), nl=False)
 
 
 @main.command("unpack-cifar10")

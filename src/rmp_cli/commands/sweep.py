@@ -367,7 +367,7 @@ def _finish(run: RunDir, df: pd.DataFrame, cfg: DictConfig) -> None:
     lines = write_summary(
         run.path, df, sections, predictions=kept, alpha=alpha, confidence=confidence
     )
-    draw([(run.path.name, with_intervals(df, confidence))], run.path / STEM)
+    draw([(run.path.name, with_intervals(df, confidence))], run.path / STEM, confidence)
     for line in lines:
         log.info(line)
     print((run / "summary.md").read_text())

@@ -51,7 +51,7 @@ class Verdict:
     def difference(self) -> tuple[float, float, float]:
         """soft - hard's best at `at_t`, with its paired interval (Newcombe)."""
         low, high = self.at.interval(self.confidence)
-        return -self.at.difference, -high, -low
+        return 0.0 - self.at.difference, 0.0 - high, 0.0 - low  # 0.0 - x: never "-0.00"
 
 
 def verdict(
