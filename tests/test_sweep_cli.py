@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -106,6 +107,11 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
     pd.testing.assert_frame_equal(a, b)
     # layers.csv holds every point once, as an uninterrupted sweep wrote it.
     pd.testing.assert_frame_equal(pd.read_csv(full / "layers.csv"), pd.read_csv(cut / "layers.csv"))
+    # So does predictions.npz: every image's class per point and T, as if never interrupted.
+    with np.load(full / "predictions.npz") as x, np.load(cut / "predictions.npz") as y:
+        assert sorted(x.files) == sorted(y.files) and x["snn"].shape == (4, 8, 120)
+        for name in x.files:
+            assert np.array_equal(x[name], y[name]), name
 
 
 @pytest.mark.parametrize(

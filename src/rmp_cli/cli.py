@@ -161,7 +161,9 @@ def sweep(timesteps: str | None, show_cfg: bool, quiet: bool, overrides: tuple[s
     """Accuracy vs time-steps for a grid of reset / balance / scale / v_init / encoding.
 
     Comma lists on grid axes make a grid: snn.reset=hard,soft balance=spike_norm,rmp
-    balance.scale=1.0,0.8 snn.v_init=0,0.5 snn.encoding=direct,poisson. sweep.variants adds
+    balance.scale=1.0,0.8 snn.v_init=0,0.5 snn.encoding=direct,poisson seed=0,1,2 (without
+    ckpt= each seed trains its own ANN; with it a seed redraws the calibration images and
+    Poisson spikes). sweep.variants adds
     override sets crossed with the grid (e.g. model.activation=qcfs with balance=trained, which
     trains its own ANN). Without ckpt= the ANN is trained first. Rerunning with the same run_dir=
     resumes an interrupted sweep. Under torchrun the test set is sharded across ranks.
