@@ -280,3 +280,18 @@ def test_compare_refuses_runs_it_cannot_pair(tmp_path: Path) -> None:
         compare_runs(a, tmp_path / "old")
     with pytest.raises(RmpError, match="run dir not found"):
         compare_runs(a, tmp_path / "missing")
+
+
+def test_old_runs_plot_with_intervals_from_their_recorded_subset(tmp_path: Path) -> None:
+    from rmp_cli.report.plot import plot_runs, recorded_images
+
+    df, _ = constructed({"hard": ([0, 10, 50, 300, 350], 0), "soft": ([50, 200, 345, 350, 350], 0)})
+    old = df.drop(columns=["seed", "correct", "images", "ci_low", "ci_high", "agreement"])
+    run = tmp_path / "old"
+    (run / ".hydra").mkdir(parents=True)
+    old.drop(columns=["p_vs_ann"]).to_csv(run / "results.csv", index=False)
+    assert recorded_images(run, old) is None  # no record of the image count: no bands
+    (run / ".hydra" / "config.yaml").write_text("dataset:\n  subset: 360\n")
+    assert recorded_images(run, old) == 360
+    paths = plot_runs([run, run], tmp_path / "overlay")
+    assert [p.name for p in paths] == ["overlay.png", "overlay.pdf"]

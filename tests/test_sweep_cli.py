@@ -109,7 +109,7 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
     pd.testing.assert_frame_equal(pd.read_csv(full / "layers.csv"), pd.read_csv(cut / "layers.csv"))
     # So does predictions.npz: every image's class per point and T, as if never interrupted.
     with np.load(full / "predictions.npz") as x, np.load(cut / "predictions.npz") as y:
-        assert sorted(x.files) == sorted(y.files) and x["snn"].shape == (4, 8, 120)
+        assert sorted(x.files) == sorted(y.files) and x["snn"].shape == (8, 8, 120)
         for name in x.files:
             assert np.array_equal(x[name], y[name]), name
 
