@@ -67,6 +67,8 @@ cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHI
 # unpacked, unpacked beside the destination and moved into place, so a failed run leaves nothing.
 cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_ARCHIVE) into CIFAR10_LOSSLESS_DIR
 	@test -f $(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py/test_batch || { \
+	  test -f $(CIFAR10_LOSSLESS_ARCHIVE)/SHA256SUMS || { \
+	    echo "make cifar10-lossless-data: no SHA256SUMS in $(CIFAR10_LOSSLESS_ARCHIVE); set CIFAR10_LOSSLESS_ARCHIVE=DIR (the folder holding cifar-10-python.tar.xz)" >&2; exit 2; }; \
 	  ( cd $(CIFAR10_LOSSLESS_ARCHIVE) && sha256sum --check --quiet --strict SHA256SUMS ) || { \
 	    echo "make cifar10-lossless-data: $(CIFAR10_LOSSLESS_ARCHIVE) does not match its SHA256SUMS; nothing unpacked" >&2; exit 2; }; \
 	  mkdir -p $(CIFAR10_LOSSLESS_DIR) && tmp=$$(mktemp -d $(CIFAR10_LOSSLESS_DIR)/.unpack.XXXXXX) && \

@@ -166,6 +166,8 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
                 f"checkpoint has {ckpt['num_classes']} classes but dataset "
                 f"{cfg.dataset.name} has {data.num_classes}"
             )
+    if data.test_note:
+        log.info(data.test_note)
     ann, before = apply_maxpool_mode(ann, str(cfg.snn.get("maxpool", "gate")))
     return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt, ann_before=before)
 
