@@ -76,8 +76,8 @@ cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_AR
 	  mv $$tmp/cifar-10-batches-py $(CIFAR10_LOSSLESS_DIR)/ && rmdir $$tmp && \
 	  echo "$(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py"; }
 
-study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10 (~2.3 h training on 2 cores, then the sweep)
-	$(RMP) sweep experiment=cifar10_resnet20_lossless dataset.root=$(CIFAR10_LOSSLESS_DIR)
+study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10: train (~2.3 h on 2 idle cores), paper pairing, percentile route
+	RMP=$(RMP) ROOT=$(CIFAR10_LOSSLESS_DIR) scripts/study_resnet20_lossless.sh
 
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)
