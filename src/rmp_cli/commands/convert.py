@@ -187,6 +187,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "simulate_seconds": round(result.seconds, 3),
         "ckpt": str(p.checkpoint["path"]),
     }
+    if p.data.test_note:
+        report["test_set"] = p.data.test_note
     if result.layers is not None:
         _write_layers(cfg, run_path, result.layers.rows())
     atomic_write_text(run_path / REPORT, json.dumps(report, indent=2) + "\n")

@@ -196,6 +196,8 @@ def prepare(
             )
     if seed_given(overrides):
         data = redraw_calibration(data, int(cfg.seed))
+    if data.test_note:
+        log.info(data.test_note)
     ann, before = apply_maxpool_mode(ann, str(cfg.snn.get("maxpool", "gate")))
     return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt, ann_before=before)
 

@@ -331,6 +331,8 @@ def _ann_reference(
         return float(read_json(path)["accuracy"]), ann
     metrics = ann.metrics
     report = {"accuracy": metrics["acc"], "top5": metrics["top5"], "loss": metrics["loss"]}
+    if p.data.test_note:
+        report["test_set"] = p.data.test_note
     if p.ann_before is not None:  # snn.maxpool=avg changed the ANN: keep the ANN as trained too
         before = pipeline.ann_metrics(p, before=True)
         report["accuracy_before_avg"] = before["acc"]
@@ -350,12 +352,18 @@ def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]
     layer_report.append_layers(run / layer_report.LAYERS_FILE, table)
 
 
+def _test_notes(run: RunDir) -> list[str]:
+    """The short-test-split notes the ANN reports of this run recorded (one per distinct note)."""
+    notes = [read_json(path).get("test_set") for path in sorted(run.path.glob("ann*.json"))]
+    return sorted({note for note in notes if note})
+
+
 def _finish(run: RunDir, df: pd.DataFrame, cfg: DictConfig) -> None:
     from rmp_cli.report.layer_plot import STEM as LAYERS_STEM
     from rmp_cli.report.layer_plot import draw_layers
     from rmp_cli.report.plot import STEM, draw
 
-    sections = []
+    sections = [f"\n{note[0].upper()}{note[1:]}.\n" for note in _test_notes(run)]
     layers_path = run / layer_report.LAYERS_FILE
     if layers_path.is_file():
         layers = layer_report.read_layers(layers_path)

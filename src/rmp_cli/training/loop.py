@@ -185,6 +185,8 @@ def train(
     fmt = memory_format(device, t.get("channels_last", "auto"))
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
+    if data.test_note:
+        log.info(data.test_note)
     log.info(
         "training on %s: %s, %s",
         device,
