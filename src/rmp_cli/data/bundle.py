@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +186,17 @@ def build_data(cfg: Mapping[str, Any], seed: int) -> DataBundle:
         std=tuple(splits.std),
         test_note=short_test_note(opts.name, n_test, opts.subset),
     )
+
+
+def redraw_calibration(bundle: DataBundle, seed: int) -> DataBundle:
+    """The same bundle with its calibration subset drawn by another seed (a seed axis over one
+    trained network: the calibration images are part of what a seed varies)."""
+    calib = bundle.calib
+    if not isinstance(calib, Subset):
+        return bundle
+    source = calib.dataset
+    indices = seeded_indices(len(source), len(calib), seed, _CALIB_STREAM)  # type: ignore[arg-type]
+    return dataclasses.replace(bundle, calib=Subset(source, indices))
 
 
 def short_test_note(name: str, n_test: int, subset: int | None) -> str | None:
