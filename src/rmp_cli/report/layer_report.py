@@ -55,6 +55,7 @@ def read_layers(path: Path) -> pd.DataFrame:
         raise RmpError(
             f"{path} is not a readable layers table ({str(exc).splitlines()[0]})"
         ) from None
+    df = with_implied_axes(df, counts=False)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp layers table")
@@ -85,6 +86,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
     """Per grid point: at the lowest T within 1 point of the ANN (else the largest T), the first
     layer whose rate error exceeds BOTTLENECK_FACTOR x the first layer's, and the worst layer."""
     found = []
+    layers = with_implied_axes(layers, counts=False)
     by_point = {point_key(g.iloc[0]): g for _, g in layers.groupby(list(AXES), sort=False)}
     for _, point in summarize(with_implied_axes(results)).iterrows():
         group = by_point.get(point_key(point))
@@ -93,6 +95,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
         within = point["first_t_within_1pt"]
         reached = within is not None and not (isinstance(within, float) and math.isnan(within))
         t = int(within) if reached else int(point["max_timesteps"])
+        t -= int(point["presteps"])  # the summary ranks by K + T, the layers are read at T
         at_t = group[group["timesteps"] == t].sort_values("depth")
         if at_t.empty:
             continue

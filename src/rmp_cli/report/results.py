@@ -12,9 +12,11 @@ import pandas as pd
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.runs.atomic import atomic_write_text
 
-AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation")
+AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation", "neuron", "presteps")
 # Columns added after the first release, with the value older results.csv files implied.
-LATER_AXES = {"activation": "relu"}
+# neuron: the spike options (if, signed, burst2, ..., +cos/+srp); presteps: the K pre-steps run
+# before the counted T (its `timesteps`), so the latency paid is presteps + timesteps.
+LATER_AXES = {"activation": "relu", "neuron": "if", "presteps": 0}
 COLUMNS = (
     "dataset",
     "model",
@@ -53,12 +55,28 @@ def read_results(path: Path) -> pd.DataFrame:
     return df
 
 
-def with_implied_axes(df: pd.DataFrame) -> pd.DataFrame:
+def with_implied_axes(df: pd.DataFrame, counts: bool = True) -> pd.DataFrame:
     """Add the axes and columns that tables written before them lack (axes with the value they
-    implied, counts empty)."""
+    implied, counts empty; `counts=False`: the axes only, as layers.csv has no counts)."""
     missing: dict[str, object] = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
-    missing |= {c: math.nan for c in LATER_COLUMNS if c not in df.columns}
+    if counts:
+        missing |= {c: math.nan for c in LATER_COLUMNS if c not in df.columns}
+    # rows built without the newest axes hold NaN there (groupby would drop them)
+    missing |= {
+        c: df[c].fillna(v).astype(type(v))
+        for c, v in LATER_AXES.items()
+        if c in df.columns and c not in ("activation",) and df[c].isna().any()
+    }
     return df.assign(**missing) if missing else df
+
+
+def with_latency(df: pd.DataFrame) -> pd.DataFrame:
+    """`timesteps` as the latency paid, K pre-steps + T: what every summary and headline ranks
+    by (the table itself keeps T and K apart)."""
+    df = with_implied_axes(df)
+    if not (df["presteps"] != 0).any():
+        return df
+    return df.assign(timesteps=df["timesteps"] + df["presteps"].astype(int))
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -70,7 +88,11 @@ def point_key(row: dict | pd.Series) -> str:
     normalised so a value read back from CSV ('0', '1') names the same point as 0.0, 1.0."""
 
     def norm(axis: str) -> str:
-        value = row[axis]
+        value = row.get(axis, math.nan)
+        if axis in LATER_AXES and pd.isna(value):  # a row built before the axis existed
+            value = LATER_AXES[axis]
+        if axis == "presteps":
+            return str(int(value))
         return repr(float(value)) if axis in ("scale", "v_init") else str(value)
 
     return ",".join(f"{axis}={norm(axis)}" for axis in AXES)
@@ -80,7 +102,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per grid point: best accuracy and the first T reaching it, loss vs the ANN at the largest T,
     and the first T within 1 point of the ANN."""
     rows = []
-    df = with_implied_axes(df)
+    df = with_latency(df)
     for _, group in df.groupby(list(AXES), sort=False):
         group = group.sort_values("timesteps")
         first = group.iloc[0]
@@ -151,7 +173,7 @@ def headline(df: pd.DataFrame) -> list[str]:
     equal), and the paper's own pairing: soft reset + rmp thresholds against hard reset +
     spike_norm at scale 1 (Sengupta 2019), at equal v_init and encoding."""
     others = [a for a in AXES if a != "reset"]
-    df = with_implied_axes(df)
+    df = with_latency(df)
     lines = []
     for values, group in df.groupby(others, sort=False):
         hard, soft = group[group["reset"] == "hard"], group[group["reset"] == "soft"]
