@@ -374,13 +374,16 @@ class LayerProbe:
             acc = self._input[i]
             if acc is None:
                 acc = self._input[i] = torch.zeros_like(x[:b], dtype=torch.float32)
+            keep = neuron.keep  # SRP: a silenced unit's input never reaches its membrane
             # One add per step, as the membrane integrates: the same float32 sum for any chunking.
             if tc > 1 and x.shape[0] == b:  # a constant current for all tc steps
+                x = x if keep is None else x * keep
                 for _ in range(tc):
                     acc.add_(x)
             else:
                 for t in range(tc):
-                    acc.add_(x[t * b : (t + 1) * b])
+                    step = x[t * b : (t + 1) * b]
+                    acc.add_(step if keep is None else step * keep)
 
         return hook
 

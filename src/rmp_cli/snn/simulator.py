@@ -583,8 +583,8 @@ def simulate(
     ks = sorted({check_positive_int("top-k", k) for k in topk} | {1})
     tic = time.perf_counter()
     num_images, num_classes = 0, 0
-    pre_spikes: Tensor | float = 0.0
-    pre_events: Tensor | float = 0.0
+    pre_spikes: Tensor | int = 0
+    pre_events: Tensor | int = 0
     correct: Tensor | None = None
     spikes_total: Tensor | None = None
     events_total: Tensor | None = None
