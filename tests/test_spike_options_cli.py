@@ -87,8 +87,8 @@ def test_the_lowlatency_lossless_preset_composes_with_its_five_variants(
 
 # --- end to end on digits ------------------------------------------------------------------------
 VARIANTS = (
-    "sweep.variants=[[snn.max_spikes=1],[snn.signed=true],[snn.max_spikes=2],"
-    "[snn.presteps=2,snn.offset=cos],[snn.presteps=2,snn.offset=srp]]"
+    "sweep.variants=[['snn.max_spikes=1'],['snn.signed=true'],['snn.max_spikes=2'],"
+    "['snn.presteps=2','snn.offset=cos'],['snn.presteps=2','snn.offset=srp']]"
 )
 
 
@@ -97,7 +97,16 @@ def test_a_sweep_over_the_options_writes_neuron_and_presteps(
     rmp, tmp_path: Path, ckpt: Path
 ) -> None:
     run = tmp_path / last_line(
-        rmp("sweep", f"ckpt={ckpt}", *QUICK, "--timesteps", "1,2,8", VARIANTS, "snn.v_init=0.5")
+        rmp(
+            "sweep",
+            f"ckpt={ckpt}",
+            *QUICK,
+            "--timesteps",
+            "1,2,8",
+            VARIANTS,
+            "sweep.grid=[]",
+            "snn.v_init=0.5",
+        )
     )
     df = pd.read_csv(run / "results.csv")
     assert sorted(set(zip(df["neuron"], df["presteps"], strict=True))) == [
@@ -123,7 +132,16 @@ def test_a_sweep_over_the_options_writes_neuron_and_presteps(
 def test_torchrun_shards_equal_one_process_with_the_options(
     rmp, tmp_path: Path, ckpt: Path
 ) -> None:
-    args = ["sweep", f"ckpt={ckpt}", *QUICK, "--timesteps", "1,4", VARIANTS, "snn.v_init=0.5"]
+    args = [
+        "sweep",
+        f"ckpt={ckpt}",
+        *QUICK,
+        "--timesteps",
+        "1,4",
+        VARIANTS,
+        "sweep.grid=[]",
+        "snn.v_init=0.5",
+    ]
     single = tmp_path / last_line(rmp(*args, "run_dir=single"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
