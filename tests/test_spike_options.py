@@ -352,3 +352,15 @@ def test_bad_neuron_options_are_refused() -> None:
     neuron.configure(1, 1)
     with pytest.raises(RmpError, match="signed spikes need the soft reset"):
         neuron(torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_presteps_and_bursts_run_under_half_precision(precision: str) -> None:
+    net = calibrated("vgg")
+    net.max_spikes = 2
+    data = labelled()
+    for offset in ("cos", "srp"):
+        result = simulate(
+            net, data, [2, 5], chunk=3, precision=precision, presteps=2, offset=offset
+        )
+        assert result.num_images == 12 and sum(result.synops) > 0
