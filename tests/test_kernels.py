@@ -59,16 +59,27 @@ def test_cpu_kernel_is_exact_with_one_and_two_threads() -> None:
 @needs_compiler
 @pytest.mark.parametrize("block", [7, 100, 4096])
 @pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reset": "hard"},
+        {"reset": "hard", "max_spikes": 3},  # the per-neuron loop of hard bursts
+        {"reset": "soft", "signed": True, "max_spikes": 2},  # the pass-by-pass loop
+    ],
+    ids=["plain", "hard-burst", "signed-burst"],
+)
 def test_cpu_kernel_work_items_may_split_images(
-    block: int, per_channel: bool, monkeypatch: pytest.MonkeyPatch
+    block: int, per_channel: bool, options: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 3*7*11 = 231 neurons per image: items of 7 or 100 neurons end inside images, 4096 hold
     # several; the counts must still land on the right (step, image).
     monkeypatch.setattr(cpu_if, "BLOCK", block)
     x = kernel_check.currents((6, 20, 3, 7, 11), seed=10)
+    if len(options) > 1:
+        x = x * 3 - 0.8  # bursts and negative spikes
     theta = torch.tensor([0.2, 0.5, 0.8]) if per_channel else torch.tensor(0.45)
     for cl in (False, True):
-        kw = dict(theta=theta, reset="hard", v_init=0.5, channels_last=cl)
+        kw = dict(theta=theta, v_init=0.5, channels_last=cl, **options)
         fused = kernel_check.run_neuron("cpu", x, 6, 4, **kw)
         assert kernel_check.mismatch(fused, kernel_check.run_neuron("eager", x, 6, 4, **kw)) is None
 

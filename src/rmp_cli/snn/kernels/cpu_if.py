@@ -100,6 +100,47 @@ SOURCE = r"""
         }                                                                                    \
     }
 
+/* The same rule for the soft reset, pass by pass over an image segment (in cache): one pass
+   integrates, each of the max_spikes passes fires at most one spike of either sign, the last
+   one counts and scales; every pass vectorises, where the per-neuron loop above does not.
+   out holds the spike count s until the last pass. */
+#define IF_ITEM_PASSES(THETA, CURRENT, SIGNED)                                               \
+    for (int64_t t = 0; t < steps; t++) {                                                    \
+        const int64_t in = constant ? 0 : t * n, at = t * n;                                 \
+        for (int64_t s0 = e0, s1; s0 < e1; s0 = s1) {                                        \
+            const int64_t b = s0 / frame, base = b * frame;                                  \
+            s1 = base + frame < e1 ? base + frame : e1;                                      \
+            float *restrict o = out + at;                                                    \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                v[e] = v[e] + CURRENT(in + e);                                               \
+                o[e] = 0.0f;                                                                 \
+            }                                                                                \
+            for (int64_t k = 0; k < max_spikes; k++) {                                       \
+                for (int64_t e = s0; e < s1; e++) {                                          \
+                    const float th = THETA(e), r = v[e];                                     \
+                    float d = r >= th ? 1.0f : 0.0f;                                         \
+                    if (SIGNED) {                                                            \
+                        const float neg = (r <= -th) && (net[e] > 0.0f) ? 1.0f : 0.0f;       \
+                        d = d - neg;                                                         \
+                        net[e] = net[e] + d;                                                 \
+                    }                                                                        \
+                    v[e] = r - d * th;                                                       \
+                    o[e] = o[e] + d;                                                         \
+                }                                                                            \
+            }                                                                                \
+            int32_t fired = 0;                                                               \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                const float sc = o[e];                                                       \
+                fired += (int32_t)(sc < 0.0f ? -sc : sc);                                    \
+                o[e] = sc * THETA(e);                                                        \
+            }                                                                                \
+            if (counts) {                                                                    \
+                _Pragma("omp atomic")                                                        \
+                counts[t * batch + b] += fired;                                              \
+            }                                                                                \
+        }                                                                                    \
+    }
+
 /* the layer's threshold in a local: read through a pointer, it blocks vectorisation */
 #define LAYER_THETA(e) layer_theta
 #define FRAME_THETA(e) theta[(e) - base]
@@ -124,11 +165,23 @@ void if_chunk(float *restrict v, const void *restrict x, const float *restrict t
     for (int64_t w = 0; w < items; w++) {
         const int64_t e0 = w * block, e1 = e0 + block < n ? e0 + block : n;
         /* one specialised loop per case, so the inner loop has no branches to vectorise */
-        if (max_spikes > 1 || signed_) {
+        if (hard && max_spikes > 1) {
             if (bf16) { if (per_neuron) { IF_ITEM_GENERAL(FRAME_THETA, BF16) }
                         else            { IF_ITEM_GENERAL(LAYER_THETA, BF16) } }
             else      { if (per_neuron) { IF_ITEM_GENERAL(FRAME_THETA, F32) }
                         else            { IF_ITEM_GENERAL(LAYER_THETA, F32) } }
+        } else if (max_spikes > 1 || signed_) { /* soft reset (signed needs it) */
+            if (bf16) {
+                if (per_neuron) { if (signed_) { IF_ITEM_PASSES(FRAME_THETA, BF16, 1) }
+                                  else         { IF_ITEM_PASSES(FRAME_THETA, BF16, 0) } }
+                else            { if (signed_) { IF_ITEM_PASSES(LAYER_THETA, BF16, 1) }
+                                  else         { IF_ITEM_PASSES(LAYER_THETA, BF16, 0) } }
+            } else {
+                if (per_neuron) { if (signed_) { IF_ITEM_PASSES(FRAME_THETA, F32, 1) }
+                                  else         { IF_ITEM_PASSES(FRAME_THETA, F32, 0) } }
+                else            { if (signed_) { IF_ITEM_PASSES(LAYER_THETA, F32, 1) }
+                                  else         { IF_ITEM_PASSES(LAYER_THETA, F32, 0) } }
+            }
         } else if (bf16) {
             if (per_neuron) { if (hard) { IF_ITEM(FRAME_THETA, BF16, 1) }
                               else      { IF_ITEM(FRAME_THETA, BF16, 0) } }
