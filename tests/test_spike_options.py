@@ -272,7 +272,8 @@ def test_shards_merge_to_one_run_with_every_option() -> None:
 
 
 # --- counts: a burst of k is k operations, a negative spike one ----------------------------------
-def test_synops_count_every_spike_of_a_burst_and_every_negative_spike() -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_synops_count_every_spike_of_a_burst_and_every_negative_spike(channels_last: bool) -> None:
     torch.manual_seed(0)
     ann = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1), nn.ReLU()
@@ -290,7 +291,7 @@ def test_synops_count_every_spike_of_a_burst_and_every_negative_spike() -> None:
         for k in seen
     ]
     thetas = {"2": net.neurons[0].threshold, "5": net.neurons[1].threshold}
-    with torch.inference_mode(), ChunkedRun(net, chunk=4, channels_last=False) as run:
+    with torch.inference_mode(), ChunkedRun(net, chunk=4, channels_last=channels_last) as run:
         trace = run_batch(run, x, [12])
     for h in hooks:
         h.remove()
@@ -364,3 +365,33 @@ def test_presteps_and_bursts_run_under_half_precision(precision: str) -> None:
             net, data, [2, 5], chunk=3, precision=precision, presteps=2, offset=offset
         )
         assert result.num_images == 12 and sum(result.synops) > 0
+
+
+# --- reporting: the latency paid is K + T ----------------------------------------------------------
+def test_summaries_headlines_and_plot_rank_by_presteps_plus_t(tmp_path) -> None:
+    from rmp_cli.report.plot import draw
+    from rmp_cli.report.results import headline, point_key, read_results, summarize, write_csv
+    from tests.test_results import TS, table
+
+    df = table(
+        {"hard": [0.1, 0.2, 0.5, 0.7, 0.8, 0.8], "soft": [0.2, 0.6, 0.8, 0.89, 0.9, 0.9]}, TS
+    )
+    soft = df["reset"] == "soft"
+    df["neuron"] = "if"
+    df["presteps"] = 0
+    df.loc[soft, "neuron"], df.loc[soft, "presteps"] = "if+cos", 4
+    s = summarize(df).set_index("reset")
+    assert s.loc["soft", "first_t_best"] == 16 + 4 and s.loc["soft", "max_timesteps"] == 36
+    assert s.loc["hard", "first_t_best"] == 16
+    write_csv(tmp_path / "results.csv", df)
+    back = read_results(tmp_path / "results.csv")
+    assert list(back["presteps"]) == list(df["presteps"]) and back["timesteps"].max() == 32
+    assert point_key(back.iloc[-1]).endswith("neuron=if+cos,presteps=4")
+    old = df.drop(columns=["neuron", "presteps"])  # a table written before the columns
+    assert point_key(old.iloc[0]) == point_key(back.iloc[0])
+    # soft and hard are no longer like for like (neuron differs): no soft-vs-hard line for them
+    assert headline(df) == []
+    both = df.assign(neuron="if+cos", presteps=4)
+    (line,) = headline(both)  # test_results' curves, four steps later: T=4 vs 16 -> 8 vs 20
+    assert "at T=8" in line and "T=20" in line and "2.5x fewer time-steps" in line
+    assert [p.suffix for p in draw([("run", df)], tmp_path / "plot")] == [".png", ".pdf"]
