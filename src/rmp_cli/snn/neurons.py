@@ -11,7 +11,10 @@ the membrane r (r = m at first; soft reset: v = r afterwards, hard reset: v = m*
           soft reset subtracting theta for each;
   signed  (signed=true, the signed neuron with memory of SNM, Wang et al. 2022): n is the net
           spike count so far; a neuron that has fired more than its input now warrants
-          (r <= -theta) fires a negative spike and takes theta back, never below n = 0.
+          (r <= -theta) fires a negative spike and takes theta back, never below n = 0. SNM's
+          rule, not a negative spike at r < 0: the threshold is symmetric (a spike either way
+          needs a full theta of charge), so the residuals in (-theta, 0) that a soft reset
+          leaves on any dip of the input do not make a neuron flip between +1 and -1.
 The output is s*theta (s in -G..G); spike counts are counts of |s|. With G = 1 and signed off
 the rule is the plain IF rule above, operation for operation.
 
