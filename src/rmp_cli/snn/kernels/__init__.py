@@ -5,7 +5,8 @@
   cpu     cpu_if.py: a C loop compiled on first use, used on CPU
 
 The neuron's eager loop stays the reference and the fallback; the tests hold both kernels
-bit-identical to it (spikes, membranes, counts). A kernel module is imported only when it runs,
+bit-identical to it (spikes, membranes, counts), bursts and signed spikes included (both
+kernels take every neuron option; SRP's silencing masks the currents before the kernel). A kernel module is imported only when it runs,
 so installs without Triton or without a C compiler never touch it.
 """
 
