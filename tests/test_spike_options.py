@@ -395,3 +395,30 @@ def test_summaries_headlines_and_plot_rank_by_presteps_plus_t(tmp_path) -> None:
     (line,) = headline(both)  # test_results' curves, four steps later: T=4 vs 16 -> 8 vs 20
     assert "at T=8" in line and "T=20" in line and "2.5x fewer time-steps" in line
     assert [p.suffix for p in draw([("run", df)], tmp_path / "plot")] == [".png", ".pdf"]
+
+
+def test_average_pooled_signed_spikes_count_like_plain_spikes_where_they_are_plain() -> None:
+    # At T = 1 no neuron can have fired a negative spike yet: the signed net is the plain net,
+    # and an averaged spike (theta / 4 in a 2x2 window) is still one event.
+    torch.manual_seed(1)
+    ann = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 10),
+    ).eval()
+    net = to_spiking(ann)
+    x = snn_nets.images(6, seed=3)
+    with torch.no_grad():
+        first = ann[0](x).abs().max()
+    net.thresholds = [first * 0.6, torch.full((6,), 0.05)]
+    data = [(x, torch.zeros(6, dtype=torch.long))]
+    plain = simulate(net, data, [1, 6], chunk=2)
+    net.signed = True
+    options = simulate(net, data, [1, 6], chunk=2)
+    assert plain.synops[0] > 0 and options.synops[0] == plain.synops[0]
+    assert options.spikes_per_layer != plain.spikes_per_layer  # later steps do differ

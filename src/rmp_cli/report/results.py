@@ -230,6 +230,13 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
             + "\n\n"
         )
     act_head, act_rule = ("activation | ", "---|") if several else ("", "")
+    # neuron options and pre-steps as columns where any point uses them
+    options = bool(len(summary)) and bool(
+        (summary["neuron"] != "if").any() or (summary["presteps"] != 0).any()
+    )
+    if options:
+        act_head, act_rule = act_head + "neuron | K | ", act_rule + "---|---|"
+        out.write("T counts the K pre-steps: the latency paid is K + T.\n\n")
     out.write(
         f"| {act_head}reset | balance | scale | v_init | encoding | best acc % | first T at best "
         "| acc % at max T | loss vs ANN at max T (pt) | first T within 1 pt of ANN "
@@ -238,6 +245,7 @@ def summary_markdown(summary: pd.DataFrame, lines: list[str]) -> str:
     out.write(f"|{act_rule}---|---|---|---|---|---|---|---|---|---|---|\n")
     for _, r in summary.iterrows():
         act = f"{r['activation']} | " if several else ""
+        act += f"{r['neuron']} | {int(r['presteps'])} | " if options else ""
         out.write(
             f"| {act}{r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} "
             f"| {r['encoding']} | {pct(r['best_accuracy'])} | {t(r['first_t_best'])} "

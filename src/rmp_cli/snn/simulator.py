@@ -19,7 +19,8 @@ Counts (all per requested T, summed over images; exact integers, so shards merge
             true fan-out (the outputs it reaches: fewer at a padded border, `fan_out_map`). The
             first layer under direct input is analog, computed once per batch, and not counted
             (its multiply-accumulates are `analog_macs`); a pooled entry fed by several spikes
-            counts once. A burst of k spikes, or a negative spike, is |k| operations per synapse.
+            counts once. A burst of k spikes, or a negative spike, is |k| operations per synapse
+            (a pooled entry: ceil(|value| / theta), one for a nonzero average of plain spikes).
 Pre-steps (presteps=K, offset=cos|srp): every batch first runs K steps whose readout is
 discarded; the neurons then apply the offset rule (neurons.py) and the counted T starts afresh.
 The latency paid is K + T, and the spikes and synaptic operations of the K pre-steps are added
@@ -466,16 +467,21 @@ class ChunkedRun:
 
 
 def event_sizes(x: Tensor, theta: Tensor) -> Tensor:
-    """|x| / theta rounded: the spikes each entry of a burst or signed spike map carries (x is
-    the source neuron's output, pooled or flattened; theta one per layer or per channel)."""
+    """The events each entry of a burst or signed spike map carries: ceil(|x| / theta), so k for
+    a burst of k (or k negative spikes) and, as for plain spikes, one for any nonzero pooled
+    average of fewer than theta (x: the source neuron's output, pooled or flattened; theta one
+    per layer or per channel). The margin absorbs the rounding of x / theta."""
     size = x.abs()
     if theta.dim() == 0:
-        return size.div_(theta).round_()
-    channels = theta.numel()
-    if x.dim() > 1 and x.shape[1] == channels:
-        return size.div_(theta.view(-1, *([1] * (x.dim() - 2)))).round_()
-    # flattened [N, C*...] features of a per-channel layer: channel-major (logical order)
-    return size.reshape(x.shape[0], channels, -1).div_(theta.view(-1, 1)).round_().view(x.shape)
+        size.div_(theta)
+    elif x.dim() > 1 and x.shape[1] == theta.numel():
+        size.div_(theta.view(-1, *([1] * (x.dim() - 2))))
+    else:  # flattened [N, C*...] features of a per-channel layer: channel-major (logical order)
+        size = size.reshape(x.shape[0], theta.numel(), -1).div_(theta.view(-1, 1)).view(x.shape)
+    return size.sub_(_SIZE_MARGIN).ceil_().clamp_(min=0)
+
+
+_SIZE_MARGIN = 1e-4  # far above float32 rounding, far below 1 / (largest pooling window)
 
 
 # --- scoring -------------------------------------------------------------------------------------
