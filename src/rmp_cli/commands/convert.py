@@ -12,6 +12,7 @@ import click
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli.commands import pipeline, stopping
+from rmp_cli.commands.grid import neuron_label
 from rmp_cli.config import same_settings, to_container
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
@@ -165,6 +166,8 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
         "maxpool": str(cfg.snn.get("maxpool", "gate")),
+        "neuron": neuron_label(cfg.snn),
+        "presteps": result.presteps,  # run before the counted T: latency paid is presteps + T
         "spikes_per_image": snn_row["spikes_per_image"],
         "synops_per_image": snn_row["synops_per_image"],
         "analog_macs_per_image": snn_row["analog_macs_per_image"],
@@ -214,6 +217,12 @@ def _write_layers(cfg: DictConfig, run_path: Path, rows: list[dict]) -> None:
     draw_layers(table, run_path / STEM)
 
 
+def latency(r: dict) -> str:
+    """T, or K+T with pre-steps."""
+    k = r.get("presteps") or 0
+    return f"{k}+{r['timesteps']}" if k else str(r["timesteps"])
+
+
 def format_table(r: dict) -> str:
     gap = (r["ann_accuracy"] - r["snn_accuracy"]) * 100
     before = r.get("ann_accuracy_before_avg")
@@ -226,7 +235,7 @@ def format_table(r: dict) -> str:
     else:
         lines.append(f"{'ANN':<28}{r['ann_accuracy'] * 100:>9.2f}%")
     lines += [
-        f"{'SNN ' + r['reset'] + ' reset, T=' + str(r['timesteps']):<28}{r['snn_accuracy'] * 100:>9.2f}%",
+        f"{'SNN ' + r['reset'] + ' reset, T=' + latency(r):<28}{r['snn_accuracy'] * 100:>9.2f}%",
         f"{'loss vs ANN':<28}{gap:>9.2f} pt",
         *(
             [

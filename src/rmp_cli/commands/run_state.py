@@ -29,7 +29,7 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     explicit = cfg.get("run_dir")
     if explicit and (Path(str(explicit)) / MANIFEST).is_file():
         old = read_json(Path(str(explicit)) / MANIFEST)
-        if old != manifest and old != _without_seed(manifest):
+        if old not in (manifest, _as_written_before_later_axes(manifest)):
             raise RmpError(
                 f"run dir {explicit} holds a sweep with other settings; resume it with the "
                 "same overrides and time-steps, or choose another run_dir="
@@ -42,10 +42,18 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     return run
 
 
-def _without_seed(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest as written before grid keys named the seed (such sweeps still resume)."""
-    grid = [str(k).rpartition(",seed=")[0] or k for k in manifest["grid"]]
-    return {**manifest, "grid": grid}
+def _as_written_before_later_axes(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as written before grid keys named the neuron options, pre-steps and seed
+    (such sweeps still resume: they ran plain IF neurons, no pre-steps, one seed)."""
+
+    def old_key(key: str) -> str:
+        parts = str(key).split(",")
+        kept = [
+            p for p in parts if not p.startswith("seed=") and p not in ("neuron=if", "presteps=0")
+        ]
+        return ",".join(kept)
+
+    return {**manifest, "grid": [old_key(k) for k in manifest["grid"]]}
 
 
 def read_json(path: Path) -> Any:

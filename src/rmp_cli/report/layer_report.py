@@ -93,6 +93,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
     """Per grid point: at the lowest T within 1 point of the ANN (else the largest T), the first
     layer whose rate error exceeds BOTTLENECK_FACTOR x the first layer's, and the worst layer."""
     found = []
+    layers = with_implied_keys(layers)
     by_point = {point_key(g.iloc[0]): g for _, g in layers.groupby(list(AXES), sort=False)}
     for _, point in summarize(with_implied_axes(results)).iterrows():
         group = by_point.get(point_key(point))
@@ -101,6 +102,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
         within = point["first_t_within_1pt"]
         reached = within is not None and not (isinstance(within, float) and math.isnan(within))
         t = int(within) if reached else int(point["max_timesteps"])
+        t -= int(point["presteps"])  # the summary ranks by K + T, the layers are read at T
         at_t = group[group["timesteps"] == t].sort_values("depth")
         if at_t.empty:
             continue

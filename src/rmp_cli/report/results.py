@@ -17,10 +17,15 @@ from rmp_cli.report.seeds import seeds_markdown
 from rmp_cli.report.stats import ALPHA, CONFIDENCE, first_not_below, wilson
 from rmp_cli.runs.atomic import atomic_write_text
 
-AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation", "seed")
-# Columns added after the first release, with the value older results.csv files implied
-# (they come from one run at one seed; 0 is the default).
-LATER_AXES = {"activation": "relu", "seed": 0}
+AXES = (
+    *("reset", "balance", "scale", "v_init", "encoding", "activation", "neuron", "presteps"),
+    "seed",
+)
+# Columns added after the first release, with the value older results.csv files implied.
+# neuron: the spike options (if, signed, burst2, ..., +cos/+srp); presteps: the K pre-steps run
+# before the counted T (its `timesteps`), so the latency paid is presteps + timesteps; seed: older
+# tables come from one run at one seed (0, the default).
+LATER_AXES = {"activation": "relu", "neuron": "if", "presteps": 0, "seed": 0}
 # Per-image statistics (predictions.npz): counts, the Wilson interval (report.confidence),
 # agreement with the ANN and the two-sided exact McNemar p of SNN against ANN.
 STAT_COLUMNS = ("correct", "images", "ci_low", "ci_high", "agreement", "p_vs_ann")
@@ -65,9 +70,14 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def with_implied_keys(df: pd.DataFrame) -> pd.DataFrame:
     """Add the axes that tables written before them lack, with the value they implied; rows
-    from before an axis (a sweep resumed across versions) hold it empty: fill them too."""
+    from before an axis (a sweep resumed across versions) hold it empty: fill them too (groupby
+    would drop them)."""
     missing: dict[str, object] = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
-    missing |= {c: df[c].fillna(v) for c, v in LATER_AXES.items() if c in df and df[c].isna().any()}
+    missing |= {
+        c: df[c].fillna(v).astype(type(v))
+        for c, v in LATER_AXES.items()
+        if c in df.columns and df[c].isna().any()
+    }
     return df.assign(**missing) if missing else df
 
 
@@ -79,6 +89,15 @@ def with_implied_axes(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**missing) if missing else df
 
 
+def with_latency(df: pd.DataFrame) -> pd.DataFrame:
+    """`timesteps` as the latency paid, K pre-steps + T: what every summary and headline ranks
+    by (the table itself keeps T and K apart)."""
+    df = with_implied_axes(df)
+    if not (df["presteps"] != 0).any():
+        return df
+    return df.assign(timesteps=df["timesteps"] + df["presteps"].astype(int))
+
+
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
@@ -88,8 +107,10 @@ def point_key(row: dict | pd.Series) -> str:
     normalised so a value read back from CSV ('0', '1') names the same point as 0.0, 1.0."""
 
     def norm(axis: str) -> str:
-        value = row[axis]
-        if axis == "seed":
+        value = row.get(axis, math.nan)
+        if axis in LATER_AXES and pd.isna(value):  # a row built before the axis existed
+            value = LATER_AXES[axis]
+        if axis in ("seed", "presteps"):
             return str(int(float(value)))
         return repr(float(value)) if axis in ("scale", "v_init") else str(value)
 
@@ -121,7 +142,7 @@ def summarize(
     the ANN at the largest T, the first T within 1 point of the ANN and, with predictions, the
     first T not significantly below the ANN (one-sided exact McNemar at alpha)."""
     rows = []
-    df = with_implied_axes(df)
+    df = with_latency(df)
     for _, group in df.groupby(list(AXES), sort=False):
         group = group.sort_values("timesteps")
         first = group.iloc[0]
@@ -160,10 +181,12 @@ def _curve(predictions: Predictions | None, group: pd.DataFrame) -> tuple[list[i
     key = point_key(group.iloc[0])
     if key not in predictions.points:
         return None
-    steps = [int(t) for t in group["timesteps"]]
-    if any(t not in predictions.timesteps for t in steps):
+    steps = [int(t) for t in group["timesteps"]]  # the latency K + T (with_latency)
+    presteps = int(group["presteps"].iloc[0]) if "presteps" in group else 0
+    counted = [t - presteps for t in steps]  # the predictions are kept by the counted T
+    if any(t not in predictions.timesteps for t in counted):
         return None
-    rows = [predictions.timesteps.index(t) for t in steps]
+    rows = [predictions.timesteps.index(t) for t in counted]
     return steps, predictions.right(key)[rows]
 
 
@@ -220,8 +243,9 @@ def _pairs(df: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, str, int]
         if len(hard) and len(soft):
             where = ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=False))
             pairs.append((hard, soft, where, int(values[-1])))
-    pairing_axes = ["v_init", "encoding", "activation", "seed"]
-    for (v_init, encoding, _act, seed), group in df.groupby(pairing_axes, sort=False):
+    pairing_axes = ["v_init", "encoding", "activation", "neuron", "presteps", "seed"]
+    for (v_init, encoding, _act, neuron, k, seed), group in df.groupby(pairing_axes, sort=False):
+        options = (f", neuron={neuron}" if neuron != "if" else "") + (f", K={k}" if k else "")
         hard = group[
             (group["reset"] == "hard")
             & (group["balance"] == "spike_norm")
@@ -233,7 +257,7 @@ def _pairs(df: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, str, int]
             if len(hard):
                 where = (
                     f"paper pairing: soft+rmp scale={scale} vs hard+spike_norm "
-                    f"scale=1.0, v_init={v_init}, encoding={encoding}"
+                    f"scale=1.0, v_init={v_init}, encoding={encoding}{options}"
                 )
                 pairs.append((hard, soft, where, int(seed)))
     return pairs
@@ -262,7 +286,7 @@ def verdicts(
     """Per comparison (where): the paired verdict of each seed (None: no predictions), and the
     hard and soft curves of the first seed (for the literal best-against-best figure)."""
     out: dict[str, tuple[dict[int, Verdict | None], list[pd.DataFrame]]] = {}
-    for hard, soft, where, seed in _pairs(with_implied_axes(df)):
+    for hard, soft, where, seed in _pairs(with_latency(df)):
         by_seed, _ = out.setdefault(where, ({}, [hard, soft]))
         by_seed[seed] = _paired_verdict(hard, soft, predictions, alpha, confidence)
     return [(where, by_seed, curves) for where, (by_seed, curves) in out.items()]
@@ -389,6 +413,13 @@ def summary_markdown(
             )
     act_head, act_rule = ("activation | ", "---|") if several else ("", "")
     seed_head, seed_rule = ("seed | ", "---|") if seeds else ("", "")
+    # neuron options and pre-steps as columns where any point uses them
+    options = bool(len(summary)) and bool(
+        (summary["neuron"] != "if").any() or (summary["presteps"] != 0).any()
+    )
+    if options:
+        act_head, act_rule = act_head + "neuron | K | ", act_rule + "---|---|"
+        out.write("T counts the K pre-steps: the latency paid is K + T.\n\n")
     out.write(
         f"| {act_head}{seed_head}reset | balance | scale | v_init | encoding | best acc % "
         f"| {confidence:.0%} CI | first T at best "
@@ -399,6 +430,7 @@ def summary_markdown(
     for _, r in summary.iterrows():
         act = f"{r['activation']} | " if several else ""
         seed = f"{r['seed']} | " if seeds else ""
+        act += f"{r['neuron']} | {int(r['presteps'])} | " if options else ""
         out.write(
             f"| {act}{seed}{r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} "
             f"| {r['encoding']} | {pct(r['best_accuracy'])} "
