@@ -121,6 +121,15 @@ def test_a_results_csv_cut_by_a_crash_is_repaired_keeping_every_row(
 
 
 # --- the worst case of each reader's fuzzing, at the command line -----------------------------
+def test_a_checkpoint_whose_class_count_was_damaged(ckpt: Path, cwd: Path) -> None:
+    """Fuzzing found: num_classes=2**40 built a classifier of 2**40 outputs, eating memory."""
+    data = torch.load(ckpt, weights_only=True)
+    torch.save({**data, "num_classes": 2**40}, cwd / "model.pt")
+    result = rmp("convert", f"ckpt={cwd / 'model.pt'}", *QUICK)
+    assert_one_line(result, "is a damaged rmp checkpoint: no weight has a dimension of")
+    assert not (cwd / "outputs").exists()
+
+
 def test_a_last_pt_whose_optimizer_state_does_not_fit(ckpt: Path, cwd: Path) -> None:
     """Fuzzing found: a momentum buffer of another shape loads, then fails the first step."""
     state = torch.load(ckpt.parent / "last.pt", weights_only=True)

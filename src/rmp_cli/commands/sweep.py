@@ -157,7 +157,7 @@ def sweep_points(
     overrides: list[str],
     run: RunDir,
 ) -> None:
-    done, partial = read_done(run.path, steps, say=log.warning)
+    done, partial = read_done(run.path, steps, say=log.warning if dist.is_main() else _silent)
     finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()} - set(partial))
     if dist.is_main():
         layer_report.keep_points(run / layer_report.LAYERS_FILE, finished)
@@ -313,12 +313,16 @@ def read_done(
     return done, partial
 
 
+def _silent(*_: object) -> None:
+    pass
+
+
 def _state_check(steps: list[int]) -> Callable[[Path], None]:
-    """What a resume reads, read once before the run dir is touched: results.csv, layers.csv
-    and the ANN accuracy records."""
+    """What a resume reads, read once before the run dir is touched: results.csv, layers.csv,
+    the ANN accuracy records and the checkpoints of the ANNs this sweep trained."""
 
     def check(run_path: Path) -> None:
-        read_done(run_path, steps, say=lambda *_: None)
+        read_done(run_path, steps, say=_silent)
         layers = run_path / layer_report.LAYERS_FILE
         if layers.is_file():
             untouched_if_unreadable(

@@ -63,10 +63,7 @@ def read_layers(path: Path) -> pd.DataFrame:
     """layers.csv, checked like results.csv: its columns, numbers where numbers belong."""
     text = read_text_file(path)
     if split_cut_line(text)[1]:
-        raise RmpError(
-            f"{path} ends in a cut line (no newline after it); move it away (its layer rows "
-            "are then not reported) and rerun"
-        )
+        raise RmpError(f"{path} ends in a cut line (no newline after it), not a whole table")
     with parsing(path, "not a readable layers table"):
         df = pd.read_csv(io.StringIO(text), dtype=dict.fromkeys(LAYER_TEXT, str))
         missing = [c for c in COLUMNS if c not in df.columns]

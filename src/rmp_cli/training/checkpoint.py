@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rmp_cli.runs.atomic import atomic_torch_save
 FORMAT = "rmp-ann-v1"
 # model.* keys that only say how to initialise a net, not which net it is.
 INIT_ONLY_KEYS = ("weights",)
+MAX_INPUT_ELEMENTS = 3 * 4096 * 4096  # a bound on an image's values, far beyond any dataset's
 EXPECTED = {
     "checkpoint": "expected a model.pt or last.pt written by `rmp train`",
     "weights file": "expected a state_dict saved with torch.save",
@@ -60,34 +62,39 @@ def _is_state_dict(value: Any) -> bool:
     )
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _check_payload(data: Any, path: Path, kind: str) -> None:
-    """What the rest of rmp reads from a checkpoint is there and of its type."""
+    """What the rest of rmp reads from a checkpoint is there, of its type and of a size the
+    weights agree with."""
     expected = f"expected a {kind}.pt written by `rmp train`"
     if not isinstance(data, dict) or data.get("format") != FORMAT or "state_dict" not in data:
         raise RmpError(f"{path} is not an rmp checkpoint ({expected})")
-    config = data.get("config")
-    shape = data.get("input_shape")
-    problems = [
-        "its state_dict is not parameter names mapped to tensors"
-        * (not _is_state_dict(data["state_dict"])),
-        "its config is not a mapping with model and dataset groups"
-        * (
-            not isinstance(config, dict)
-            or not all(isinstance(config.get(g), dict) for g in ("model", "dataset"))
-        ),
-        "num_classes is not a positive integer"
-        * (not isinstance(data.get("num_classes"), int) or data["num_classes"] < 1),
-        "input_shape is not three positive integers"
-        * (
-            not isinstance(shape, (list, tuple))
-            or len(shape) != 3
-            or not all(isinstance(d, int) and d > 0 for d in shape)
-        ),
-    ]
-    if data.get("kind") == "last" or kind == "last":
-        problems.append("its epoch is not an integer" * (not isinstance(data.get("epoch"), int)))
-    if found := [p for p in problems if p]:
-        raise RmpError(f"{path} is a damaged rmp checkpoint: {'; '.join(found)} ({expected})")
+    state, config = data["state_dict"], data.get("config")
+    classes, shape = data.get("num_classes"), data.get("input_shape")
+    problems = []
+    if not _is_state_dict(state):
+        problems.append("its state_dict is not parameter names mapped to tensors")
+    if not isinstance(config, dict) or not all(
+        isinstance(config.get(g), dict) for g in ("model", "dataset")
+    ):
+        problems.append("its config is not a mapping with model and dataset groups")
+    if not _count(classes):
+        problems.append("num_classes is not a positive integer")
+    elif _is_state_dict(state) and not any(classes in t.shape for t in state.values()):
+        # The classifier's weights have a dimension of num_classes: a damaged count is refused
+        # here, before a net with 2**40 outputs is allocated to find out.
+        problems.append(f"no weight has a dimension of num_classes={classes}")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(map(_count, shape)):
+        problems.append("input_shape is not three positive integers")
+    elif math.prod(shape) > MAX_INPUT_ELEMENTS:
+        problems.append(f"input_shape {list(shape)} is larger than any image rmp reads")
+    if (data.get("kind") == "last" or kind == "last") and not isinstance(data.get("epoch"), int):
+        problems.append("its epoch is not an integer")
+    if problems:
+        raise RmpError(f"{path} is a damaged rmp checkpoint: {'; '.join(problems)} ({expected})")
 
 
 def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str, Any]:
