@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, settings
 # `slow`-marked deep tests use "deep". HYPOTHESIS_PROFILE=deep makes every fuzz test deep,
 # HYPOTHESIS_PROFILE=random draws new examples on each run (for hunting, not for CI).
 _FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-settings.register_profile("ci", max_examples=30, derandomize=True, **_FUZZ)
-settings.register_profile("deep", max_examples=300, derandomize=True, **_FUZZ)
+settings.register_profile("ci", max_examples=30, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("deep", max_examples=300, derandomize=True, database=None, **_FUZZ)
 settings.register_profile("random", max_examples=300, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
