@@ -136,3 +136,27 @@ def test_an_empty_results_table_is_a_table_with_no_rows(tmp_path: Path) -> None:
     (tmp_path / "results.csv").write_bytes(b"")
     done, partial = read_done(tmp_path, [1], say=lambda *a: None)
     assert done.empty and partial == {}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_damaged_imagenet_image_read_in_a_worker_is_one_line(
+    tmp_path: Path, workers: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ImageNet's JPEGs are decoded lazily, in DataLoader workers, which send an exception back
+    as its message plus the worker's traceback: the CLI prints the message alone."""
+    from rmp_cli.commands.stopping import exit_code
+    from rmp_cli.data import build_data, make_loader
+    from tests.test_data import class_color, write_jpeg
+
+    for split in ("train", "val"):
+        for label, wnid in enumerate(["n01", "n02"]):
+            write_jpeg(tmp_path / split / wnid / "0.JPEG", class_color(label), size=40)
+    damaged = tmp_path / "val" / "n02" / "0.JPEG"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    bundle = build_data({"name": "imagenet", "root": str(tmp_path), "calib_size": 2}, seed=0)
+    loader = make_loader(bundle.test, 2, shuffle=False, seed=0, num_workers=workers)
+    with pytest.raises(RmpError) as info:
+        next(iter(loader))
+    assert exit_code(info.value) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"rmp: error: cannot decode {damaged} (")
