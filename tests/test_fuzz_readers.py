@@ -5,7 +5,7 @@ Each test also runs `slow`-marked with the deep profile (tests/conftest.py). The
 the boundary's users: checkpoints, weights and last.pt (training/checkpoint.py, resume),
 results.csv, layers.csv, sweep.json / ann.json, a convert's record, the dataset files (idx,
 CIFAR batches, images, the image cache, the CIFAR-10 archives) and config files. ImageNet's
-loader decodes with decode_image's boundary (tests/test_read_boundary.py).
+lazy loader (data/imagenet.py load_image) is tested in tests/test_read_boundary.py.
 """
 
 from __future__ import annotations
