@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rmp_cli.commands import pipeline, stopping
 from rmp_cli.commands.grid import neuron_label
 from rmp_cli.config import same_settings, to_container
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.models.sources import describe
 from rmp_cli.report import layer_report, predictions, stats
 from rmp_cli.report.energy import EnergyCosts
@@ -78,13 +78,16 @@ def unfinished_convert(path: Path, cfg: DictConfig) -> bool:
     recorded = path / ".hydra" / "config.yaml"
     if (path / REPORT).exists() or not recorded.is_file():
         return False
-    try:
-        old = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
-    except OSError as exc:
-        raise FileFault("cannot read", recorded, exc) from None
-    except Exception:  # not a record this convert could have written: refuse the dir
-        return False
-    return isinstance(old, dict) and same_settings(old, cfg)
+    raw = read_bytes(recorded)
+    with parsing(
+        recorded,
+        "not the record of a run",
+        f"nothing in {path} was changed: restore it, or choose another run_dir=",
+    ):
+        old = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")), resolve=True)
+        if not isinstance(old, dict):
+            raise ValueError(f"it holds a {type(old).__name__}, not a config")
+    return same_settings(old, cfg)
 
 
 def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:

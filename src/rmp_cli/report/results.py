@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.report.paired import Verdict, across_seeds_line, steps_saved, verdict, verdict_line
 from rmp_cli.report.predictions import Predictions
 from rmp_cli.report.seeds import seeds_markdown
@@ -50,21 +50,92 @@ LATER_COLUMNS = ("analog_macs_per_image", "ann_macs_per_image", "energy_ratio", 
 WITHIN = 0.01  # "within 1 point of the ANN"
 
 
-def read_results(path: Path) -> pd.DataFrame:
+# Columns that name things; every other column of COLUMNS holds numbers (or is empty).
+TEXT_COLUMNS = ("dataset", "model", "reset", "balance", "encoding", "activation", "neuron")
+# Columns every row must fill: a row without them names no grid point.
+KEY_COLUMNS = (*TEXT_COLUMNS, "scale", "v_init", "timesteps", "accuracy")
+
+
+def read_text_file(path: Path) -> str:
+    """A text file rmp wrote; the disk's refusal is `cannot read`, bytes that are no UTF-8 text
+    say so."""
+    raw = read_bytes(path)
+    with parsing(path, "not UTF-8 text", "replace it"):
+        return raw.decode("utf-8")
+
+
+def split_cut_line(text: str) -> tuple[str, str]:
+    """(complete lines, the cut last line or ""): rmp ends every line of its tables with a
+    newline, so a table whose last line lacks it was cut there (by a crash outside rmp)."""
+    if not text or text.endswith("\n"):
+        return text, ""
+    head, _, tail = text.rpartition("\n")
+    return (head + "\n" if head else ""), tail
+
+
+def check_table(
+    df: pd.DataFrame, columns: Sequence[str], text: Sequence[str], keys: Sequence[str]
+) -> pd.DataFrame:
+    """Raise (inside a reader's `parsing` block) unless `df` has `columns`, numbers in every
+    column not in `text`, and no empty cell under `keys`. Numbers pandas left as text become
+    float."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"it lacks columns {', '.join(missing)}")
+    for column in columns:
+        if column in text:
+            df[column] = df[column].astype(object)
+            if not df[column].map(lambda v: isinstance(v, str) or _empty(v)).all():
+                raise ValueError(f"column {column} holds no names")
+            continue
+        if pd.api.types.is_bool_dtype(df[column]):
+            raise ValueError(f"column {column} holds true/false, not numbers")
+        if pd.api.types.is_numeric_dtype(df[column]):
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header line
+            raise ValueError(f"line {row}: {column} is {df[column][bad].iloc[0]!r}, not a number")
+        df[column] = values.astype(float)
+    empty = [c for c in keys if df[c].map(_empty).any()]
+    if empty:
+        raise ValueError(f"a row has no {', '.join(empty)}")
+    if "timesteps" in df.columns and not (df["timesteps"] % 1 == 0).all():
+        raise ValueError("timesteps holds a fraction")
+    return df
+
+
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def read_results(path: Path, *, cut: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """results.csv, checked: every column of COLUMNS of its type, every row naming its point.
+
+    A last line cut by a crash (no newline after it) is an error, unless `cut` is given: then
+    it is left out and `cut(the line)` is told (a resumed sweep recomputes that point)."""
     if not path.is_file():
         raise RmpError(f"no results.csv in {path.parent}; is it a finished `rmp sweep` run dir?")
-    try:
-        df = pd.read_csv(path)
-    except OSError as exc:
-        raise FileFault("cannot read", path, exc) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    text, tail = split_cut_line(read_text_file(path))
+    if tail and cut is None:
         raise RmpError(
-            f"{path} is not a readable results table ({str(exc).splitlines()[0]})"
-        ) from None
-    df = with_implied_axes(df)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
+            f"{path} ends in a cut line ({tail[:40]!r}...); resume its sweep (the same command "
+            "with run_dir=) to repair it"
+        )
+    if not text and cut is not None:  # empty, or not even the header line whole: no rows
+        cut(tail)
+        return pd.DataFrame(columns=COLUMNS)
+    with parsing(path, "not a readable results table"):
+        df = with_implied_axes(
+            pd.read_csv(io.StringIO(text), dtype=dict.fromkeys(TEXT_COLUMNS, str))
+        )
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
+        df = check_table(df, COLUMNS, TEXT_COLUMNS, KEY_COLUMNS)
+    if tail and cut is not None:
+        cut(tail)
     return df
 
 
