@@ -26,6 +26,13 @@ from rmp_cli.commands.grid import (
     validate_timesteps,
 )
 from rmp_cli.commands.run_state import RunLock, _manifest, _open_run, read_json
+from rmp_cli.commands.tracked import (
+    log_sweep_headline,
+    log_sweep_points,
+    sweep_params,
+    tracked,
+    tracking_for,
+)
 from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
@@ -37,6 +44,7 @@ from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.runs.rundir import RunDir, log, make_dir
 from rmp_cli.snn.opcount import ann_macs_per_image
+from rmp_cli.tracking import Tracking
 from rmp_cli.training.checkpoint import load_checkpoint
 
 # --- the sweep ----------------------------------------------------------------------------
@@ -67,9 +75,11 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     return groups
 
 
-def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str | None:
+def _ensure_checkpoint(
+    cfg: DictConfig, run: RunDir, name: str = "ann", tracking: Tracking | None = None
+) -> str | None:
     """Reuse ckpt= (or None for weights=), else train the ANN into RUN/<name> (resuming a
-    half-finished training)."""
+    half-finished training; its epochs go to the sweep's tracker run as <name>/...)."""
     if cfg.get("ckpt"):
         return str(cfg.ckpt)
     if cfg.get("weights"):
@@ -87,7 +97,8 @@ def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str |
         else None
     )
     log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
-    train(cfg, RunDir(path=ann_dir, created=True), resume_state=state)
+    on_epoch = (lambda row: tracking.epoch(row, prefix=f"{name}/")) if tracking else None
+    train(cfg, RunDir(path=ann_dir, created=True), resume_state=state, on_epoch=on_epoch)
     return str(ann_dir / "model.pt")
 
 
@@ -135,14 +146,19 @@ def run_sweep_command(
     keys = [point_key(axis_values(c)) for c in point_cfgs]
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
+    tracking = tracking_for(base_cfg, "sweep", overrides)
     # Under torchrun every rank runs the grid on its shard of the test set; rank 0 writes.
     with torchrun_session(point_cfgs):
         manifest = _manifest(cfg, steps, keys)
         run = on_main(lambda: _open_run(cfg, overrides, manifest))
         # Interrupted, the same command with run_dir=RUN computes only the missing points.
         stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
-        with discard_if_failed(run), RunLock(run.path) if dist.is_main() else nullcontext():
-            sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
+        with (
+            discard_if_failed(run),
+            RunLock(run.path) if dist.is_main() else nullcontext(),
+            tracked(tracking, run.path, sweep_params(base_cfg, steps, axes)),
+        ):
+            sweep_points(cfg, point_cfgs, keys, steps, overrides, run, tracking)
     return run.path
 
 
@@ -153,7 +169,9 @@ def sweep_points(
     steps: list[int],
     overrides: list[str],
     run: RunDir,
+    tracking: Tracking | None = None,
 ) -> None:
+    tracking = tracking or Tracking()
     results_path = run / "results.csv"
     done = read_results(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
     finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()})
@@ -165,9 +183,11 @@ def sweep_points(
             if keys[i] in finished:
                 log.info("[%d/%d] %s: already done", i + 1, len(keys), keys[i])
         if todo:
-            done = _sweep_model(name, point_cfgs, keys, todo, steps, overrides, run, done)
+            done = _sweep_model(name, point_cfgs, keys, todo, steps, overrides, run, done, tracking)
     if dist.is_main():
         _finish(run, done)
+        log_sweep_points(tracking, done)  # points done before this process, if not yet logged
+        log_sweep_headline(tracking, done)
 
 
 def _sweep_model(
@@ -179,10 +199,11 @@ def _sweep_model(
     overrides: list[str],
     run: RunDir,
     done: pd.DataFrame,
+    tracking: Tracking,
 ) -> pd.DataFrame:
     """The grid points that share one ANN: train (or reuse) it, then balance and simulate each."""
     results_path = run / "results.csv"
-    ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name)
+    ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name, tracking)
     prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt)
     log.info("model %s on dataset %s", describe(prepared.cfg.model), prepared.cfg.dataset.name)
     ann_acc = _ann_accuracy(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
@@ -254,6 +275,7 @@ def _sweep_model(
             if result.layers is not None:  # before results.csv, which marks the point done
                 _append_layers(run, point_cfg, result.layers.rows())
             write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
+            log_sweep_points(tracking, done)  # after results.csv: the tracker never leads it
         best = max(rows, key=lambda r: r["accuracy"])
         log.info(
             "[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)",
