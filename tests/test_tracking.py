@@ -84,7 +84,7 @@ def test_each_logger_choice_builds_its_trackers(choice: str) -> None:
     cfg = compose_config([f"logger={choice}", "logger.experiment=study"])
     tracking = build_tracking(cfg.logger, command="sweep")
     labels = {"mlflow": ["mlflow"], "tensorboard": ["tensorboard"]}
-    assert [g.key for g in tracking._trackers] == labels.get(choice, ["mlflow", "tensorboard"])
+    assert tracking.labels == labels.get(choice, ["mlflow", "tensorboard"])
     assert tracking.experiment == "study" and tracking.log_checkpoints is False
 
 
@@ -170,6 +170,15 @@ def test_params_once_metrics_points_and_a_resume_that_continues(tmp_path: Path) 
     assert again.calls[0] == ("start", state["trackers"]["memory"])  # the same run, continued
     # No params for the run (it has them); p2 alone gets a child (its params, metrics, finish).
     assert again.names() == ["start", "child", "params", "metrics", "finish", "finish"]
+
+
+def test_no_logger_writes_nothing(tmp_path: Path) -> None:
+    tracking = build_tracking(None, command="sweep")
+    with tracking.opened(tmp_path, {"seed": 0}):
+        tracking.epoch({"epoch": 1, "loss": 1.0})
+        tracking.point("p", {}, [(1, {"accuracy": 0.5})])
+        tracking.artifacts([tmp_path / "results.csv"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_stop_marks_the_run_killed_and_a_failure_failed(tmp_path: Path) -> None:
@@ -310,3 +319,55 @@ def test_tensorboard_scalars_by_step_and_one_folder_per_point(tmp_path: Path) ->
     point = EventAccumulator(str(tmp_path / "tensorboard" / "reset=soft"))
     point.Reload()
     assert [(e.step, round(e.value, 4)) for e in point.Scalars("accuracy")] == [(1, 0.1), (8, 0.7)]
+
+
+# --- what the commands hand over -----------------------------------------------------------
+def _results(reset: str, accuracy: list[float]) -> list[dict[str, Any]]:
+    from rmp_cli.report.results import COLUMNS
+
+    rows = []
+    for t, acc in zip((1, 4), accuracy, strict=True):
+        row = dict.fromkeys(COLUMNS, 1.0)
+        row |= {"dataset": "digits", "model": "digits_cnn", "reset": reset, "balance": "rmp"}
+        row |= {"scale": 1.0, "v_init": 0.0, "encoding": "direct", "activation": "relu"}
+        row |= {"timesteps": t, "accuracy": acc, "ann_accuracy": 0.9, "top5": float("nan")}
+        rows.append(row)
+    return rows
+
+
+def test_every_numeric_results_column_is_logged_by_t_intervals_included(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from rmp_cli.commands.tracked import log_sweep_headline, log_sweep_points
+
+    df = pd.DataFrame(_results("hard", [0.1, 0.5]) + _results("soft", [0.2, 0.8]))
+    df = df.assign(ci_low=df["accuracy"] - 0.05, ci_high=df["accuracy"] + 0.05)  # a later column
+    memory = Memory()
+    tracking = Tracking([memory])
+    with tracking.opened(tmp_path, {}):
+        log_sweep_points(tracking, df)
+        log_sweep_points(tracking, df)  # again (a resume's catch-up): nothing twice
+        log_sweep_headline(tracking, df)
+    assert [v for what, v in memory.calls if what == "child"] == [
+        "reset=hard,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu",
+        "reset=soft,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu",
+    ]
+    by_t = [v for what, v in memory.calls if what == "metrics" and v[1] is not None]
+    first = by_t[0][0]
+    assert by_t[0][1] == 1 and by_t[1][1] == 4
+    assert first["ci_low"] == pytest.approx(0.05) and first["ci_high"] == pytest.approx(0.15)
+    assert {"accuracy", "spikes_per_image", "synops_per_image", "energy_ratio"} <= set(first)
+    assert not {"timesteps", "scale", "v_init", "top5"} & set(first)
+    finals = [v[0] for what, v in memory.calls if what == "metrics" and v[1] is None]
+    assert finals[0]["best_accuracy"] == 0.5 and finals[0]["first_t_best"] == 4  # hard's summary
+    assert finals[-1]["best_accuracy"] == 0.8 and finals[-1]["best_accuracy_timesteps"] == 4
+    assert finals[-1]["points"] == 2
+
+
+def test_sweep_params_show_each_axis_with_all_its_values() -> None:
+    from rmp_cli.commands.tracked import sweep_params
+
+    cfg = compose_config([])
+    params = flatten(sweep_params(cfg, [1, 4], {"snn.reset": ["hard", "soft"]}))
+    assert params["snn.reset"] == '["hard", "soft"]' and params["sweep.timesteps"] == "[1, 4]"
+    assert params["balance.method"] == "spike_norm"

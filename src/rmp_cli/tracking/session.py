@@ -109,6 +109,11 @@ class Tracking:
     def active(self) -> bool:
         return any(g.alive for g in self._trackers)
 
+    @property
+    def labels(self) -> list[str]:
+        """Each tracker's name in warnings and in tracker.json."""
+        return [g.key for g in self._trackers]
+
     @contextlib.contextmanager
     def opened(self, run_path: Path, config: Mapping[str, Any]) -> Iterator[Tracking]:
         """Start (or continue) each tracker's run for the block; finish it as the block ends:
@@ -140,13 +145,20 @@ class Tracking:
             name="/".join(run_path.resolve().parts[-2:]),
             experiment=self.experiment,
             command=self.command,
-            tags={"git_sha": git_sha(), "host": platform.node(), "command": self.command},
+            tags={
+                "git_sha": git_sha(),
+                "host": platform.node(),
+                "command": self.command,
+                "experiment": self.experiment,
+            },
         )
         params = {k: v for k, v in flatten(config).items() if not k.startswith("logger.")}
         params |= {"run_dir": str(info.run_dir), **info.tags}
+        # Trackers not configured this time keep their record, for a later resume with them.
+        self._state["trackers"] = dict(old.get("trackers") or {})
         self._state["points"] = {k: list(v) for k, v in dict(old.get("points") or {}).items()}
         for g in self._trackers:
-            resume = dict(old.get("trackers") or {}).get(g.key)
+            resume = self._state["trackers"].get(g.key)
             started = g.run(lambda g=g, resume=resume: g.tracker.start(info, resume))
             if started is None:
                 continue
@@ -157,7 +169,7 @@ class Tracking:
         self._save()
 
     def _save(self) -> None:
-        if self.run_path is None or not self._state["trackers"]:
+        if self.run_path is None or not self._state["trackers"]:  # nothing started: no record
             return
         try:
             atomic_write_text(
