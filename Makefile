@@ -67,6 +67,8 @@ cifar10-data: setup ## Verify + unpack the CIFAR-10 JPEG archives (CIFAR10_ARCHI
 # unpacked, unpacked beside the destination and moved into place, so a failed run leaves nothing.
 cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_ARCHIVE) into CIFAR10_LOSSLESS_DIR
 	@test -f $(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py/test_batch || { \
+	  test -f $(CIFAR10_LOSSLESS_ARCHIVE)/SHA256SUMS || { \
+	    echo "make cifar10-lossless-data: no SHA256SUMS in $(CIFAR10_LOSSLESS_ARCHIVE); set CIFAR10_LOSSLESS_ARCHIVE=DIR (the folder holding cifar-10-python.tar.xz)" >&2; exit 2; }; \
 	  ( cd $(CIFAR10_LOSSLESS_ARCHIVE) && sha256sum --check --quiet --strict SHA256SUMS ) || { \
 	    echo "make cifar10-lossless-data: $(CIFAR10_LOSSLESS_ARCHIVE) does not match its SHA256SUMS; nothing unpacked" >&2; exit 2; }; \
 	  mkdir -p $(CIFAR10_LOSSLESS_DIR) && tmp=$$(mktemp -d $(CIFAR10_LOSSLESS_DIR)/.unpack.XXXXXX) && \
@@ -74,8 +76,8 @@ cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_AR
 	  mv $$tmp/cifar-10-batches-py $(CIFAR10_LOSSLESS_DIR)/ && rmdir $$tmp && \
 	  echo "$(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py"; }
 
-study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10 (~2.3 h training on 2 cores, then the sweep)
-	$(RMP) sweep experiment=cifar10_resnet20_lossless dataset.root=$(CIFAR10_LOSSLESS_DIR)
+study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10: train (~2.3 h on 2 idle cores), paper pairing, percentile route
+	RMP=$(RMP) ROOT=$(CIFAR10_LOSSLESS_DIR) scripts/study_resnet20_lossless.sh
 
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)

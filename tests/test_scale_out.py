@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -209,6 +210,19 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
     b = pd.read_csv(tmp_path / "sharded" / "results.csv")[["reset", *counted]]
     assert len(b) == 6  # one writer: no duplicated rows
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # Every image's predicted class, gathered from the ranks back in test-set order.
+    with (
+        np.load(single / "predictions.npz") as x,
+        np.load(tmp_path / "sharded" / "predictions.npz") as y,
+    ):
+        for name in x.files:
+            assert np.array_equal(x[name], y[name]), name
+    stats = ["correct", "images", "ci_low", "ci_high", "agreement", "p_vs_ann"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(single / "results.csv")[stats],
+        pd.read_csv(tmp_path / "sharded" / "results.csv")[stats],
+        check_exact=True,
+    )
     # Layer statistics are sums over images too: the ranks' sums add up to one process's.
     pd.testing.assert_frame_equal(
         pd.read_csv(single / "layers.csv"),
@@ -225,3 +239,8 @@ def test_torchrun_sweep_shards_the_test_set_and_sums_counts_exactly(rmp, tmp_pat
     two = json.loads((tmp_path / "c2" / "convert.json").read_text())
     assert (two["snn_accuracy"], two["num_images"]) == (one["snn_accuracy"], one["num_images"])
     assert two["spikes_per_image"] == one["spikes_per_image"]
+    with (
+        np.load(tmp_path / "c1" / "predictions.npz") as x,
+        np.load(tmp_path / "c2" / "predictions.npz") as y,
+    ):
+        assert all(np.array_equal(x[name], y[name]) for name in x.files)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,7 +44,7 @@ def test_sweep_writes_results_summary_plot(rmp, tmp_path: Path, ckpt: Path) -> N
     ):
         assert (run / name).stat().st_size > 0, name
     summary = (run / "summary.md").read_text()
-    headlines = ("fewer time-steps", "more time-steps", "(same T)", "does not reach")
+    headlines = ("fewer time-steps", "more time-steps", "indistinguishable", "stays significantly")
     assert any(h in summary for h in headlines), summary
     replot = rmp("plot", str(run), str(run), "-o", str(tmp_path / "overlay"))
     assert (tmp_path / "overlay.png").is_file() and "overlay.png" in replot.stdout
@@ -106,6 +107,11 @@ def test_killed_sweep_resumes_to_same_results(rmp, tmp_path: Path, ckpt: Path) -
     pd.testing.assert_frame_equal(a, b)
     # layers.csv holds every point once, as an uninterrupted sweep wrote it.
     pd.testing.assert_frame_equal(pd.read_csv(full / "layers.csv"), pd.read_csv(cut / "layers.csv"))
+    # So does predictions.npz: every image's class per point and T, as if never interrupted.
+    with np.load(full / "predictions.npz") as x, np.load(cut / "predictions.npz") as y:
+        assert sorted(x.files) == sorted(y.files) and x["snn"].shape == (8, 8, 120)
+        for name in x.files:
+            assert np.array_equal(x[name], y[name]), name
 
 
 @pytest.mark.parametrize(

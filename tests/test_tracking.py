@@ -329,7 +329,7 @@ def _results(reset: str, accuracy: list[float]) -> list[dict[str, Any]]:
     for t, acc in zip((1, 4), accuracy, strict=True):
         row = dict.fromkeys(COLUMNS, 1.0)
         row |= {"dataset": "digits", "model": "digits_cnn", "reset": reset, "balance": "rmp"}
-        row |= {"scale": 1.0, "v_init": 0.0, "encoding": "direct", "activation": "relu"}
+        row |= {"scale": 1.0, "v_init": 0.0, "encoding": "direct", "activation": "relu", "seed": 0}
         row |= {"timesteps": t, "accuracy": acc, "ann_accuracy": 0.9, "top5": float("nan")}
         rows.append(row)
     return rows
@@ -349,15 +349,15 @@ def test_every_numeric_results_column_is_logged_by_t_intervals_included(tmp_path
         log_sweep_points(tracking, df)  # again (a resume's catch-up): nothing twice
         log_sweep_headline(tracking, df)
     assert [v for what, v in memory.calls if what == "child"] == [
-        "reset=hard,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu",
-        "reset=soft,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu",
+        "reset=hard,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu,seed=0",
+        "reset=soft,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu,seed=0",
     ]
     by_t = [v for what, v in memory.calls if what == "metrics" and v[1] is not None]
     first = by_t[0][0]
     assert by_t[0][1] == 1 and by_t[1][1] == 4
     assert first["ci_low"] == pytest.approx(0.05) and first["ci_high"] == pytest.approx(0.15)
     assert {"accuracy", "spikes_per_image", "synops_per_image", "energy_ratio"} <= set(first)
-    assert not {"timesteps", "scale", "v_init", "top5"} & set(first)
+    assert not {"timesteps", "scale", "v_init", "seed", "top5"} & set(first)
     finals = [v[0] for what, v in memory.calls if what == "metrics" and v[1] is None]
     assert finals[0]["best_accuracy"] == 0.5 and finals[0]["first_t_best"] == 4  # hard's summary
     assert finals[-1]["best_accuracy"] == 0.8 and finals[-1]["best_accuracy_timesteps"] == 4

@@ -108,6 +108,7 @@ def main() -> None:
     rmp convert ckpt=outputs/train/.../model.pt snn.reset=soft balance=spike_norm
     rmp sweep   --timesteps 1,2,4,...,512 snn.reset=hard,soft
     rmp plot    outputs/sweep/RUN [RUN ...]
+    rmp compare outputs/sweep/RUN_A outputs/sweep/RUN_B
     """
 
 
@@ -160,7 +161,9 @@ def sweep(timesteps: str | None, show_cfg: bool, quiet: bool, overrides: tuple[s
     """Accuracy vs time-steps for a grid of reset / balance / scale / v_init / encoding.
 
     Comma lists on grid axes make a grid: snn.reset=hard,soft balance=spike_norm,rmp
-    balance.scale=1.0,0.8 snn.v_init=0,0.5 snn.encoding=direct,poisson. sweep.variants adds
+    balance.scale=1.0,0.8 snn.v_init=0,0.5 snn.encoding=direct,poisson seed=0,1,2 (without
+    ckpt= each seed trains its own ANN; with it a seed redraws the calibration images and
+    Poisson spikes). sweep.variants adds
     override sets crossed with the grid (e.g. model.activation=qcfs with balance=trained, which
     trains its own ANN). Without ckpt= the ANN is trained first. Rerunning with the same run_dir=
     resumes an interrupted sweep. Under torchrun the test set is sharded across ranks.
@@ -190,6 +193,25 @@ def plot(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 
     for path in plot_runs(list(run_dirs), out):
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option(
+    "--confidence",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Level of the intervals of the differences.",
+)
+@friendly_errors
+def compare(run_a: Path, run_b: Path, confidence: float) -> None:
+    """Paired test of two finished runs on the same test images (from their predictions.npz):
+    per matching grid point and T, both accuracies, A - B with its interval, and p."""
+    from rmp_cli.report.compare import compare_runs
+
+    click.echo(compare_runs(run_a, run_b, confidence), nl=False)
 
 
 @main.command("unpack-cifar10")

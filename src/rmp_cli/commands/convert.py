@@ -16,7 +16,7 @@ from rmp_cli.commands.tracked import log_convert, tracked, tracking_for
 from rmp_cli.config import same_settings, to_container
 from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.models.sources import describe
-from rmp_cli.report import layer_report
+from rmp_cli.report import layer_report, predictions, stats
 from rmp_cli.report.energy import EnergyCosts
 from rmp_cli.report.results import write_csv
 from rmp_cli.runs import distributed as dist
@@ -95,7 +95,8 @@ def _convert(
     cfg = p.cfg
     # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
     log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
-    ann = pipeline.ann_metrics(p) if dist.is_main() else None
+    reference = pipeline.ann_predictions(p) if dist.is_main() else None
+    ann = reference.metrics if reference is not None else None
     if ann is not None:  # before converting: do the weights and the preprocessing match?
         log.info("ANN accuracy %.2f%% on %d test images", ann["acc"] * 100, len(p.data.test))
     # snn.maxpool=avg changed the ANN: report it as trained too, so the change is visible.
@@ -131,8 +132,29 @@ def _convert(
     result = pipeline.simulate_test(p, net, [timesteps], desc=f"simulate T={timesteps}")
     if not dist.is_main():
         return run_path
-    assert ann is not None
+    assert ann is not None and reference is not None
+    confidence, _alpha = pipeline.report_levels(cfg)
     snn_row = result.rows()[-1]
+    low, high = stats.wilson(result.correct[1][-1], result.num_images, confidence)
+    if result.predictions is not None:
+        from rmp_cli.commands.grid import axis_values
+        from rmp_cli.report.results import point_key
+
+        # Before convert.json, which marks the convert finished.
+        predictions.upsert_point(
+            run_path / predictions.PREDICTIONS_FILE,
+            point_key(axis_values(cfg)),
+            [timesteps],
+            reference.index.numpy(),
+            reference.label.numpy(),
+            result.predictions.numpy(),
+            reference.predicted.numpy(),
+        )
+        versus = stats.ann_columns(
+            result.predictions.numpy(), reference.predicted.numpy(), reference.label.numpy()
+        )[-1]
+    else:
+        versus = {"agreement": None, "p_vs_ann": None}
     costs = EnergyCosts.from_config(cfg.get("energy"))
     ann_macs = ann_macs_per_image(p.ann, p.data.input_shape)
     report = {
@@ -160,10 +182,18 @@ def _convert(
         ),
         "energy_costs_pj": {"ac": costs.ac_pj, "mac": costs.mac_pj},
         "num_images": result.num_images,
+        "snn_correct": result.correct[1][-1],
+        "snn_ci_low": low,
+        "snn_ci_high": high,
+        "confidence": confidence,
+        "agreement": versus["agreement"],
+        "p_vs_ann": versus["p_vs_ann"],
         "balance_seconds": round(balance_seconds, 3),
         "simulate_seconds": round(result.seconds, 3),
         "ckpt": str(p.checkpoint["path"]),
     }
+    if p.data.test_note:
+        report["test_set"] = p.data.test_note
     if result.layers is not None:
         _write_layers(cfg, run_path, result.layers.rows())
     atomic_write_text(run_path / REPORT, json.dumps(report, indent=2) + "\n")
@@ -204,6 +234,17 @@ def format_table(r: dict) -> str:
     lines += [
         f"{'SNN ' + r['reset'] + ' reset, T=' + str(r['timesteps']):<28}{r['snn_accuracy'] * 100:>9.2f}%",
         f"{'loss vs ANN':<28}{gap:>9.2f} pt",
+        *(
+            [
+                f"{'SNN ' + format(r['confidence'], '.0%') + ' interval':<28}"
+                f"[{r['snn_ci_low'] * 100:.2f}, {r['snn_ci_high'] * 100:.2f}]% on "
+                f"{r['num_images']} images",
+                f"{'agreement with ANN':<28}{r['agreement'] * 100:>9.2f}%  "
+                f"(exact McNemar p={r['p_vs_ann']:.3g})",
+            ]
+            if r.get("snn_ci_low") is not None and r.get("agreement") is not None
+            else []
+        ),
         f"balance={r['balance']} scale={r['scale']} v_init={r['v_init']} encoding={r['encoding']}",
         f"spikes/image {r['spikes_per_image']:.4g}  synops/image {r['synops_per_image']:.4g}",
         f"energy/image SNN {r['snn_energy_uj']:.4g} uJ vs ANN {r['ann_energy_uj']:.4g} uJ "

@@ -14,7 +14,7 @@ from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
 
 # Override keys whose comma lists make a grid; anything else with a comma is refused.
-GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding")
+GRID_AXES = ("snn.reset", "balance", "balance.scale", "snn.v_init", "snn.encoding", "seed")
 # sweep.variants may set these config groups (model.* selects another ANN, trained per variant).
 VARIANT_GROUPS = ("model", "balance", "snn")
 MAX_TIMESTEPS = 1 << 20
@@ -145,6 +145,7 @@ def axis_values(cfg: DictConfig) -> dict[str, Any]:
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
         "activation": str(cfg.model.get("activation", "relu")),
+        "seed": int(cfg.seed),
     }
 
 

@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from rmp_cli.config import from_container, to_container
 from rmp_cli.convert import balance_thresholds, to_spiking
 from rmp_cli.convert.maxpool import MAXPOOL_MODES, find_max_pools, replace_max_pools
 from rmp_cli.data import DataBundle, build_data, make_loader
+from rmp_cli.data.bundle import redraw_calibration
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
+from rmp_cli.report import stats
 from rmp_cli.report.energy import EnergyCosts
 from rmp_cli.runs import distributed as dist
 from rmp_cli.runs.rundir import log
@@ -100,6 +102,7 @@ def validate_snn_config(cfg: DictConfig) -> None:
     layers = OmegaConf.select(cfg, "report.layers", default=False)
     if not isinstance(layers, bool):
         raise RmpError(f"report.layers must be true or false, got {layers!r}")
+    report_levels(cfg)
     b = cfg.balance
     if float(b.scale) <= 0:
         raise RmpError(f"balance.scale must be positive, got {b.scale}")
@@ -110,6 +113,15 @@ def validate_snn_config(cfg: DictConfig) -> None:
     steps = b.get("timesteps")
     if b.method in ("spike_norm", "rmp", "mse") and (not isinstance(steps, int) or steps < 1):
         raise RmpError(f"balance.timesteps must be a positive integer for {b.method}, got {steps}")
+
+
+def report_levels(cfg: DictConfig) -> tuple[float, float]:
+    """(report.confidence, report.alpha): the intervals' level and the paired tests' level."""
+    confidence = OmegaConf.select(cfg, "report.confidence", default=stats.CONFIDENCE)
+    alpha = OmegaConf.select(cfg, "report.alpha", default=stats.ALPHA)
+    return stats.check_level("report.confidence", confidence), stats.check_level(
+        "report.alpha", alpha
+    )
 
 
 def check_weight_source(cfg: DictConfig) -> None:
@@ -138,13 +150,27 @@ def weights_checkpoint(cfg: DictConfig, data: DataBundle) -> dict[str, Any]:
     }
 
 
-def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = None) -> Prepared:
+def seed_given(overrides: Sequence[str]) -> bool:
+    """seed= on the command line (a value or a sweep axis): it then redraws the calibration
+    images of a given network too, not only its Poisson spikes."""
+    return any(o.lstrip("+").partition("=")[0] == "seed" for o in overrides)
+
+
+def prepare(
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    ckpt_path: str | None = None,
+    *,
+    test_seed: int | None = None,
+) -> Prepared:
     """Load the checkpoint (validated), adopt its model/dataset config, build data and the ANN;
-    or, with weights=, build the configured model and load the weights into it."""
+    or, with weights=, build the configured model and load the weights into it. The test subset
+    is drawn by the checkpoint's seed (test_seed: by that one, so every seed of a sweep is
+    tested on the same images); the calibration images by cfg.seed when seed= was given."""
     validate_snn_config(cfg)
     check_weight_source(cfg)
     if cfg.get("weights") and not ckpt_path:
-        data = build_data(cfg.dataset, seed=int(cfg.seed))
+        data = build_data(cfg.dataset, seed=int(cfg.seed) if test_seed is None else test_seed)
         ckpt = weights_checkpoint(cfg, data)
         device = resolve_device(cfg.device)
         ann = load_model(ckpt).to(device)
@@ -160,12 +186,18 @@ def prepare(cfg: DictConfig, overrides: Sequence[str], ckpt_path: str | None = N
         adopt_checkpoint_config(cfg, ckpt["config"], overrides)
         device = resolve_device(cfg.device)
         ann = load_model(ckpt).to(device)
-        data = build_data(cfg.dataset, seed=int(ckpt["config"].seed))
+        data = build_data(
+            cfg.dataset, seed=int(ckpt["config"].seed) if test_seed is None else test_seed
+        )
         if data.num_classes != int(ckpt["num_classes"]):
             raise RmpError(
                 f"checkpoint has {ckpt['num_classes']} classes but dataset "
                 f"{cfg.dataset.name} has {data.num_classes}"
             )
+    if seed_given(overrides):
+        data = redraw_calibration(data, int(cfg.seed))
+    if data.test_note:
+        log.info(data.test_note)
     ann, before = apply_maxpool_mode(ann, str(cfg.snn.get("maxpool", "gate")))
     return Prepared(cfg=cfg, data=data, ann=ann, device=device, checkpoint=ckpt, ann_before=before)
 
@@ -289,5 +321,50 @@ def simulate_test(
         parts = dist.all_gather_object(result)
         merged = functools.reduce(SimResult.merge, parts)
         merged.seconds = max(part.seconds for part in parts)  # wall time, not the ranks' sum
+        merged.predictions = interleave([part.predictions for part in parts])
         return merged
     return result
+
+
+def interleave(shards: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """Rank r simulated test images r, r + world, ...: put each shard's predictions [nT, n_r]
+    back in test-set order."""
+    if any(s is None for s in shards):
+        return None
+    world = len(shards)
+    total = sum(s.shape[1] for s in shards)  # type: ignore[union-attr]
+    out = torch.empty(shards[0].shape[0], total, dtype=shards[0].dtype)  # type: ignore[union-attr]
+    for r, shard in enumerate(shards):
+        out[:, r::world] = shard
+    return out
+
+
+def dataset_indices(dataset: Dataset) -> list[int]:
+    """Each item's index in the underlying dataset (through dataset.subset's Subset)."""
+    if isinstance(dataset, Subset):
+        parent = dataset_indices(dataset.dataset)
+        return [parent[int(i)] for i in dataset.indices]
+    return list(range(len(dataset)))  # type: ignore[arg-type]
+
+
+@dataclass
+class AnnPredictions:
+    """The ANN on the test set: its metrics and every image's label and predicted class."""
+
+    metrics: dict[str, float]
+    index: torch.Tensor  # [N] index of each test image in the dataset
+    label: torch.Tensor  # [N]
+    predicted: torch.Tensor  # [N]
+
+
+def ann_predictions(p: Prepared) -> AnnPredictions:
+    """One ANN pass over the test set: ann_metrics' numbers and the per-image predictions."""
+    loader = make_loader(p.data.test, int(p.cfg.snn.batch_size), shuffle=False, seed=0)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics = evaluate(p.ann, loader, p.device, keep=kept)
+    return AnnPredictions(
+        metrics=metrics,
+        index=torch.tensor(dataset_indices(p.data.test), dtype=torch.int64),
+        label=torch.cat([y for y, _ in kept]),
+        predicted=torch.cat([pred for _, pred in kept]),
+    )

@@ -29,7 +29,7 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     explicit = cfg.get("run_dir")
     if explicit and (Path(str(explicit)) / MANIFEST).is_file():
         old = read_json(Path(str(explicit)) / MANIFEST)
-        if old != manifest:
+        if old != manifest and old != _without_seed(manifest):
             raise RmpError(
                 f"run dir {explicit} holds a sweep with other settings; resume it with the "
                 "same overrides and time-steps, or choose another run_dir="
@@ -40,6 +40,12 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     run = create_run_dir("sweep", cfg, overrides)
     atomic_write_text(run / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return run
+
+
+def _without_seed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as written before grid keys named the seed (such sweeps still resume)."""
+    grid = [str(k).rpartition(",seed=")[0] or k for k in manifest["grid"]]
+    return {**manifest, "grid": grid}
 
 
 def read_json(path: Path) -> Any:

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,15 +35,25 @@ from rmp_cli.commands.tracked import (
     tracking_for,
 )
 from rmp_cli.config import compose_config
+from rmp_cli.data.bundle import redraw_calibration
 from rmp_cli.errors import RmpError
 from rmp_cli.models.sources import describe
-from rmp_cli.report import layer_report
+from rmp_cli.report import layer_report, predictions, stats
 from rmp_cli.report.energy import EnergyCosts
-from rmp_cli.report.results import AXES, COLUMNS, point_key, read_results, write_csv, write_summary
+from rmp_cli.report.results import (
+    AXES,
+    COLUMNS,
+    point_key,
+    read_results,
+    with_intervals,
+    write_csv,
+    write_summary,
+)
 from rmp_cli.runs import distributed as dist
 from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.runs.rundir import RunDir, log, make_dir
+from rmp_cli.runs.runtime import seed_everything
 from rmp_cli.snn.opcount import ann_macs_per_image
 from rmp_cli.tracking import Tracking
 from rmp_cli.training.checkpoint import load_checkpoint
@@ -56,6 +67,9 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     groups: dict[str, list[int]] = {}
     models: dict[str, str] = {}
     base_model = OmegaConf.to_yaml(cfg.model)
+    given = "ckpt=" if cfg.get("ckpt") else "weights=" if cfg.get("weights") else None
+    # A seed axis without a given network: each seed trains its own ANN (RUN/ann-seed<N>).
+    per_seed = not given and len({int(c.seed) for c in point_cfgs}) > 1
     for index, point_cfg in enumerate(point_cfgs):
         model = OmegaConf.to_yaml(point_cfg.model)
         if model == base_model:
@@ -63,10 +77,12 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
         else:
             m = point_cfg.model
             name = f"ann-{m.activation}" + (f"-L{m.act_levels}" if m.activation == "qcfs" else "")
+        if per_seed:
+            name += f"-seed{int(point_cfg.seed)}"
+            model += f"seed: {int(point_cfg.seed)}\n"
         if models.setdefault(name, model) != model:
             raise RmpError(f"sweep.variants give two different models the name {name}")
         groups.setdefault(name, []).append(index)
-    given = "ckpt=" if cfg.get("ckpt") else "weights=" if cfg.get("weights") else None
     if given and set(groups) != {"ann"}:
         raise RmpError(
             f"sweep.variants change the model, so each variant trains its own ANN; drop {given} "
@@ -91,6 +107,8 @@ def _ensure_checkpoint(
         log.info("using the ANN trained earlier in this sweep: %s", ann_dir / "model.pt")
         return str(ann_dir / "model.pt")
     make_dir(ann_dir, exist_ok=True)
+    if name.rpartition("-")[2] == f"seed{int(cfg.seed)}":  # its own initialisation too
+        seed_everything(int(cfg.seed))
     state = (
         load_checkpoint(ann_dir / "last.pt", kind="last")
         if (ann_dir / "last.pt").is_file()
@@ -177,15 +195,21 @@ def sweep_points(
     finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()})
     if dist.is_main():
         layer_report.keep_points(run / layer_report.LAYERS_FILE, finished)
+        predictions.keep_points(run / predictions.PREDICTIONS_FILE, finished)
+    # Every seed of a sweep is tested on the same images (those of the first seed's network).
+    seeds = {int(c.seed) for c in point_cfgs}
+    test_seed = int(point_cfgs[0].seed) if len(seeds) > 1 and not cfg.get("ckpt") else None
     for name, indices in _model_groups(cfg, point_cfgs).items():
         todo = [i for i in indices if keys[i] not in finished]
         for i in indices:
             if keys[i] in finished:
                 log.info("[%d/%d] %s: already done", i + 1, len(keys), keys[i])
         if todo:
-            done = _sweep_model(name, point_cfgs, keys, todo, steps, overrides, run, done, tracking)
+            done = _sweep_model(
+                name, point_cfgs, keys, todo, steps, overrides, run, done, test_seed, tracking
+            )
     if dist.is_main():
-        _finish(run, done)
+        _finish(run, done, cfg)
         log_sweep_points(tracking, done)  # points done before this process, if not yet logged
         log_sweep_headline(tracking, done)
 
@@ -199,24 +223,29 @@ def _sweep_model(
     overrides: list[str],
     run: RunDir,
     done: pd.DataFrame,
-    tracking: Tracking,
+    test_seed: int | None = None,
+    tracking: Tracking | None = None,
 ) -> pd.DataFrame:
     """The grid points that share one ANN: train (or reuse) it, then balance and simulate each."""
+    tracking = tracking or Tracking()
     results_path = run / "results.csv"
     ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name, tracking)
-    prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt)
+    prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt, test_seed=test_seed)
     log.info("model %s on dataset %s", describe(prepared.cfg.model), prepared.cfg.dataset.name)
-    ann_acc = _ann_accuracy(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
+    ann_acc, ann = _ann_reference(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
     ann_macs = ann_macs_per_image(prepared.ann, prepared.data.input_shape)
+    confidence, _alpha = pipeline.report_levels(prepared.cfg)
+    redraw = pipeline.seed_given(overrides)
     nets: dict[bool, Any] = {}
     thresholds_cache: dict[tuple, list] = {}
     for position in todo:
         point_cfg, key = point_cfgs[position], keys[position]
         index = position + 1  # 1-based, for the log
         pipeline.adopt_checkpoint_config(point_cfg, prepared.checkpoint["config"], overrides)
+        calib_seed = int(point_cfg.seed) if redraw else -1
         point = pipeline.Prepared(
             cfg=point_cfg,
-            data=prepared.data,
+            data=redraw_calibration(prepared.data, calib_seed) if redraw else prepared.data,
             ann=prepared.ann,
             device=prepared.device,
             checkpoint=prepared.checkpoint,
@@ -233,6 +262,7 @@ def _sweep_model(
             int(b.num_images),
             per_channel,
             float(point_cfg.snn.v_init) if b.method == "mse" else 0.0,  # mse models the shift
+            calib_seed,
         )
         if cache_key not in thresholds_cache:
             tic = time.perf_counter()
@@ -248,6 +278,12 @@ def _sweep_model(
         net.thresholds = [t.clone() for t in thresholds_cache[cache_key]]
         result = pipeline.simulate_test(point, net, steps, desc=f"[{index}/{len(keys)}] {key}")
         costs = EnergyCosts.from_config(point_cfg.get("energy"))
+        snn_classes = result.predictions.numpy() if result.predictions is not None else None
+        per_image = (
+            stats.ann_columns(snn_classes, ann.predicted.numpy(), ann.label.numpy())
+            if ann is not None and snn_classes is not None
+            else stats.ann_columns(np.zeros((len(steps), 0)), None, np.zeros(0))
+        )
         rows = [
             {
                 **point_labels(point_cfg),
@@ -263,8 +299,10 @@ def _sweep_model(
                     r["synops_per_image"], r["analog_macs_per_image"], ann_macs
                 ),
                 "seconds": round(result.seconds, 3),
+                **stats.interval_columns(result.correct[1][i], result.num_images, confidence),
+                **per_image[i],
             }
-            for r in result.rows()
+            for i, r in enumerate(result.rows())
         ]
         done = (
             pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
@@ -272,8 +310,19 @@ def _sweep_model(
             else pd.DataFrame(rows, columns=COLUMNS)
         )
         if dist.is_main():
-            if result.layers is not None:  # before results.csv, which marks the point done
+            # Before results.csv, which marks the point done.
+            if result.layers is not None:
                 _append_layers(run, point_cfg, result.layers.rows())
+            if ann is not None and snn_classes is not None:
+                predictions.upsert_point(
+                    run / predictions.PREDICTIONS_FILE,
+                    key,
+                    steps,
+                    ann.index.numpy(),
+                    ann.label.numpy(),
+                    snn_classes,
+                    ann.predicted.numpy(),
+                )
             write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
             log_sweep_points(tracking, done)  # after results.csv: the tracker never leads it
         best = max(rows, key=lambda r: r["accuracy"])
@@ -291,16 +340,22 @@ def _sweep_model(
     return done
 
 
-def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json") -> float:
-    """The ANN's test accuracy, evaluated once and kept in the run dir. Under torchrun only
-    rank 0 writes rows, so the other ranks skip the full-test-set pass (NaN)."""
+def _ann_reference(
+    p: pipeline.Prepared, run: RunDir, filename: str = "ann.json"
+) -> tuple[float, pipeline.AnnPredictions | None]:
+    """The ANN's test accuracy (evaluated once and kept in the run dir) and its per-image
+    predictions (one ANN pass; again when a sweep resumes). Under torchrun only rank 0 writes
+    rows, so the other ranks skip the full-test-set pass (NaN, None)."""
     if not dist.is_main():
-        return math.nan
+        return math.nan, None
     path = run / filename
+    ann = pipeline.ann_predictions(p)
     if path.is_file():
-        return float(read_json(path)["accuracy"])
-    metrics = pipeline.ann_metrics(p)
+        return float(read_json(path)["accuracy"]), ann
+    metrics = ann.metrics
     report = {"accuracy": metrics["acc"], "top5": metrics["top5"], "loss": metrics["loss"]}
+    if p.data.test_note:
+        report["test_set"] = p.data.test_note
     if p.ann_before is not None:  # snn.maxpool=avg changed the ANN: keep the ANN as trained too
         before = pipeline.ann_metrics(p, before=True)
         report["accuracy_before_avg"] = before["acc"]
@@ -312,7 +367,7 @@ def _ann_accuracy(p: pipeline.Prepared, run: RunDir, filename: str = "ann.json")
         )
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     log.info("ANN test accuracy %.2f%%", metrics["acc"] * 100)
-    return float(metrics["acc"])
+    return float(metrics["acc"]), ann
 
 
 def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]]) -> None:
@@ -320,20 +375,30 @@ def _append_layers(run: RunDir, point_cfg: DictConfig, rows: list[dict[str, Any]
     layer_report.append_layers(run / layer_report.LAYERS_FILE, table)
 
 
-def _finish(run: RunDir, df: pd.DataFrame) -> None:
+def _test_notes(run: RunDir) -> list[str]:
+    """The short-test-split notes the ANN reports of this run recorded (one per distinct note)."""
+    notes = [read_json(path).get("test_set") for path in sorted(run.path.glob("ann*.json"))]
+    return sorted({note for note in notes if note})
+
+
+def _finish(run: RunDir, df: pd.DataFrame, cfg: DictConfig) -> None:
     from rmp_cli.report.layer_plot import STEM as LAYERS_STEM
     from rmp_cli.report.layer_plot import draw_layers
     from rmp_cli.report.plot import STEM, draw
 
-    sections = []
+    sections = [f"\n{note[0].upper()}{note[1:]}.\n" for note in _test_notes(run)]
     layers_path = run / layer_report.LAYERS_FILE
     if layers_path.is_file():
         layers = layer_report.read_layers(layers_path)
         if len(layers):
             sections.append(layer_report.bottleneck_markdown(layer_report.bottlenecks(df, layers)))
             draw_layers(layers, run.path / LAYERS_STEM)
-    lines = write_summary(run.path, df, sections)
-    draw([(run.path.name, df)], run.path / STEM)
+    confidence, alpha = pipeline.report_levels(cfg)
+    kept = predictions.load_if_present(run.path)
+    lines = write_summary(
+        run.path, df, sections, predictions=kept, alpha=alpha, confidence=confidence
+    )
+    draw([(run.path.name, with_intervals(df, confidence))], run.path / STEM, confidence)
     for line in lines:
         log.info(line)
     print((run / "summary.md").read_text())

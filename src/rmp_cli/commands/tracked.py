@@ -51,11 +51,16 @@ def tracked(
             tracking.artifacts(run_files(run_path, tracking.log_checkpoints))
 
 
+# What a tracker keeps of a run dir: tables, reports and figures (not predictions.npz, which
+# can be large, nor the bookkeeping); checkpoints only with logger.log_checkpoints=true.
+ARTIFACT_SUFFIXES = (".csv", ".md", ".json", ".png", ".pdf", ".svg")
+
+
 def run_files(run_path: Path, checkpoints: bool) -> list[Path]:
-    """The run's result files (not its bookkeeping); checkpoints only when asked, never the
-    resume state last.pt."""
+    """The run's result files to log; never the resume state last.pt."""
     files = [run_path / name for name in complete_files(run_path)]
-    return [p for p in files if p.suffix != ".pt" or (checkpoints and p.name != "last.pt")]
+    wanted = ARTIFACT_SUFFIXES + ((".pt",) if checkpoints else ())
+    return [p for p in files if p.suffix in wanted and p.name != "last.pt"]
 
 
 def sweep_params(

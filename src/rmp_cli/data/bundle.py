@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ class DataBundle:
     input_shape: tuple[int, int, int]  # (C, H, W) after transforms
     mean: tuple[float, ...]  # normalization used
     std: tuple[float, ...]
+    test_note: str | None = None  # "test set: 1,000 of 10,000 official images" for a short split
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,15 @@ BUILDERS: dict[str, Callable[[DataOptions], Splits]] = {
 DATASETS: tuple[str, ...] = tuple(BUILDERS)
 FORMATS: dict[str, tuple[str, ...]] = {"cifar10": cifar.FORMATS, "cifar100": cifar.FORMATS}
 
+# The official test splits: a copy holding fewer images is accepted, and every run says so.
+OFFICIAL_TEST_IMAGES = {
+    "mnist": 10_000,
+    "fashion_mnist": 10_000,
+    "cifar10": 10_000,
+    "cifar100": 10_000,
+    "imagenet": 50_000,
+}
+
 # Separate random streams, so changing calib_size never changes the test subset and vice versa.
 _CALIB_STREAM, _SUBSET_STREAM = 1, 2
 
@@ -173,4 +184,25 @@ def build_data(cfg: Mapping[str, Any], seed: int) -> DataBundle:
         input_shape=splits.input_shape,
         mean=tuple(splits.mean),
         std=tuple(splits.std),
+        test_note=short_test_note(opts.name, n_test, opts.subset),
     )
+
+
+def redraw_calibration(bundle: DataBundle, seed: int) -> DataBundle:
+    """The same bundle with its calibration subset drawn by another seed (a seed axis over one
+    trained network: the calibration images are part of what a seed varies)."""
+    calib = bundle.calib
+    if not isinstance(calib, Subset):
+        return bundle
+    source = calib.dataset
+    indices = seeded_indices(len(source), len(calib), seed, _CALIB_STREAM)  # type: ignore[arg-type]
+    return dataclasses.replace(bundle, calib=Subset(source, indices))
+
+
+def short_test_note(name: str, n_test: int, subset: int | None) -> str | None:
+    """What a run says when its test split is shorter than the official one (None when not)."""
+    official = OFFICIAL_TEST_IMAGES.get(name)
+    if official is None or n_test >= official:
+        return None
+    note = f"test set: {n_test:,} of {official:,} official images"
+    return note if subset is None else f"{note} (dataset.subset={subset:,} of them)"

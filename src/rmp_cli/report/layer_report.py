@@ -28,7 +28,14 @@ from typing import Any
 import pandas as pd
 
 from rmp_cli.errors import RmpError
-from rmp_cli.report.results import AXES, point_key, summarize, with_implied_axes, write_csv
+from rmp_cli.report.results import (
+    AXES,
+    point_key,
+    summarize,
+    with_implied_axes,
+    with_implied_keys,
+    write_csv,
+)
 
 LAYERS_FILE = "layers.csv"
 KEYS = ("dataset", "model", *AXES)
@@ -45,7 +52,7 @@ BOTTLENECK_FACTOR = 2.0
 
 def layer_table(keys: dict[str, Any], rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """layers.csv rows of one grid point: its keys on every row of the simulator's statistics."""
-    return pd.DataFrame([{**keys, **row} for row in rows], columns=list(COLUMNS))
+    return with_implied_keys(pd.DataFrame([{**keys, **row} for row in rows], columns=list(COLUMNS)))
 
 
 def read_layers(path: Path) -> pd.DataFrame:
@@ -55,6 +62,7 @@ def read_layers(path: Path) -> pd.DataFrame:
         raise RmpError(
             f"{path} is not a readable layers table ({str(exc).splitlines()[0]})"
         ) from None
+    df = with_implied_keys(df)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp layers table")

@@ -13,7 +13,8 @@ import pandas as pd
 from rmp_cli.errors import RmpError
 from rmp_cli.report.figures import FORMATS, save_figure
 from rmp_cli.report.layer_report import LAYERS_FILE, read_layers
-from rmp_cli.report.results import AXES, read_results
+from rmp_cli.report.results import AXES, read_results, with_intervals
+from rmp_cli.report.stats import CONFIDENCE
 
 STEM = "accuracy_vs_timesteps"
 
@@ -23,9 +24,12 @@ def _label(row: pd.Series, varying: list[str], prefix: str) -> str:
     return (prefix + " " if prefix else "") + " ".join(parts)
 
 
-def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
-    """One line per grid point (per run), the ANN dashed; a second panel with spikes per image
-    and a third with accuracy against the SNN/ANN energy ratio (when the tables have it)."""
+def draw(
+    runs: list[tuple[str, pd.DataFrame]], out_stem: Path, confidence: float = CONFIDENCE
+) -> list[Path]:
+    """One line per grid point (per run) with its interval as a band, the ANN dashed; a second
+    panel with spikes per image and a third with accuracy against the SNN/ANN energy ratio
+    (when the tables have it)."""
     fig, (ax_acc, ax_spk, ax_energy) = plt.subplots(1, 3, figsize=(17, 4.6))
     all_df = pd.concat([df for _, df in runs])
     varying = [a for a in AXES if all_df[a].nunique() > 1]
@@ -37,6 +41,16 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
             (line,) = ax_acc.plot(
                 group["timesteps"], group["accuracy"] * 100, marker="o", ms=3, label=label
             )
+            band = group.dropna(subset=["ci_low", "ci_high"]) if "ci_low" in group else group[:0]
+            if len(band):  # the interval of each accuracy (report.confidence, Wilson)
+                ax_acc.fill_between(
+                    band["timesteps"],
+                    band["ci_low"] * 100,
+                    band["ci_high"] * 100,
+                    color=line.get_color(),
+                    alpha=0.18,
+                    lw=0,
+                )
             ax_spk.plot(
                 group["timesteps"],
                 group["spikes_per_image"],
@@ -72,7 +86,10 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
         ax.set_xlabel("time-steps T (log2)")
         ax.grid(True, which="both", alpha=0.3)
     ax_acc.set_ylabel("top-1 accuracy (%)")
-    ax_acc.set_title(f"{first['dataset']} / {first['model']}: accuracy vs latency")
+    title = f"{first['dataset']} / {first['model']}: accuracy vs latency"
+    if "ci_low" in all_df and all_df["ci_low"].notna().any():
+        title += " (bands: 95% CI)" if confidence == 0.95 else f" (bands: {confidence:.0%} CI)"
+    ax_acc.set_title(title)
     ax_acc.legend(fontsize=8, loc="lower right")
     ax_spk.set_yscale("log")
     ax_spk.set_ylabel("spikes per image (cumulative)")
@@ -90,12 +107,28 @@ def draw(runs: list[tuple[str, pd.DataFrame]], out_stem: Path) -> list[Path]:
         plt.close(fig)
 
 
+def recorded_images(run: Path, df: pd.DataFrame) -> int | None:
+    """The test image count of a run whose table predates the `images` column: its recorded
+    dataset.subset (a full test set's size is not recorded there)."""
+    if "images" in df and df["images"].notna().all():
+        return None
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    subset = (cfg.get("dataset") or {}).get("subset") if isinstance(cfg, dict) else None
+    return subset if isinstance(subset, int) and subset > 0 else None
+
+
 def plot_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
     runs = []
     for run in run_dirs:
         if not run.is_dir():
             raise RmpError(f"run dir not found: {run}")
-        runs.append((run.name, read_results(run / "results.csv")))
+        df = read_results(run / "results.csv")
+        runs.append((run.name, with_intervals(df, CONFIDENCE, recorded_images(run, df))))
     # A single run's per-layer figure is redrawn too: RUN/layers.*, or STEM_layers.* with -o.
     layers_out = None if out is None else out.with_name(f"{out.name}_layers")
     if out is None:

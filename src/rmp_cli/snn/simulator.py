@@ -61,6 +61,8 @@ class SimResult:
     num_classes: int = 0
     analog_macs_per_image: float = 0.0  # the direct-input layers, run once per image
     layers: LayerStats | None = None  # per-layer diagnostics (simulate(layer_stats=True))
+    # [nT, num_images] int16: each image's predicted class at each T, in the order simulated
+    predictions: Tensor | None = None
 
     def _index(self, t: int) -> int:
         try:
@@ -117,6 +119,11 @@ class SimResult:
             layers=(
                 self.layers.merge(other.layers)
                 if self.layers is not None and other.layers is not None
+                else None
+            ),
+            predictions=(
+                torch.cat([self.predictions, other.predictions], dim=1)
+                if self.predictions is not None and other.predictions is not None
                 else None
             ),
         )
@@ -411,6 +418,16 @@ def label_rank(scores: Tensor, labels: Tensor, tiebreak: Tensor | None = None) -
     return (above | (tied & (index < y))).sum(-1)
 
 
+def predicted_class(scores: Tensor, tiebreak: Tensor | None = None) -> Tensor:
+    """The class of rank 0 under label_rank's rule: highest score, ties to the higher
+    `tiebreak`, then to the lower class index (so predicted == label exactly when rank == 0)."""
+    if tiebreak is None:
+        return scores.argmax(-1)  # the first maximal index
+    top = scores == scores.amax(-1, keepdim=True)
+    floor = torch.finfo(tiebreak.dtype).min
+    return torch.where(top, tiebreak, torch.full_like(tiebreak, floor)).argmax(-1)
+
+
 def run_batch(
     run: ChunkedRun,
     x: Tensor,
@@ -499,6 +516,7 @@ def simulate(
     spikes_total: Tensor | None = None
     events_total: Tensor | None = None
     probe = LayerProbe(net, wanted) if layer_stats else None
+    predictions: list[Tensor] = []
     with (
         torch.inference_mode(),
         ChunkedRun(
@@ -528,8 +546,11 @@ def simulate(
                 events_total = torch.zeros_like(trace.layer_events)
             if trace.spike_counts is not None:
                 rank = label_rank(trace.spike_counts, labels, tiebreak=trace.potentials)
+                predicted = predicted_class(trace.spike_counts, tiebreak=trace.potentials)
             else:
                 rank = label_rank(trace.potentials, labels)
+                predicted = predicted_class(trace.potentials)
+            predictions.append(predicted.to(torch.int16).cpu())
             for j, k in enumerate(ks):
                 correct[j] += (rank < k).sum(-1)
             spikes_total += trace.layer_spikes
@@ -557,4 +578,9 @@ def simulate(
         num_classes=num_classes,
         analog_macs_per_image=analog_macs,
         layers=probe.stats() if probe is not None else None,
+        predictions=(
+            torch.cat(predictions, dim=1)
+            if predictions
+            else torch.zeros(len(wanted), 0, dtype=torch.int16)
+        ),
     )

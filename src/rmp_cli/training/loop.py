@@ -134,8 +134,10 @@ def evaluate(
     *,
     amp: bool = False,
     fmt: torch.memory_format = torch.contiguous_format,
+    keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (fractions) of the ANN over a loader."""
+    """Loss, top-1 and top-5 accuracy (fractions) of the ANN over a loader; `keep` receives
+    each batch's (labels, top-1 predicted classes) on the CPU."""
     model.eval()
     loss_sum, top1, top5, total = 0.0, 0, 0, 0
     for x, y in progress(loader, desc="eval"):
@@ -148,6 +150,8 @@ def evaluate(
         best = logits.topk(k, dim=1).indices
         top1 += (best[:, 0] == y).sum().item()
         top5 += (best == y[:, None]).any(dim=1).sum().item()
+        if keep is not None:
+            keep.append((y.cpu(), best[:, 0].cpu()))
         total += y.numel()
     if total == 0:
         raise RmpError("the test split is empty")
@@ -184,6 +188,8 @@ def train(
     fmt = memory_format(device, t.get("channels_last", "auto"))
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
+    if data.test_note:
+        log.info(data.test_note)
     log.info(
         "training on %s: %s, %s",
         device,
