@@ -10,6 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing (tests/test_fuzz_readers.py): the default profile is bounded and reproducible (the
+# same examples on every run), so the fuzz suite stays within the test budget on 2 cores; the
+# `slow`-marked deep tests use "deep". HYPOTHESIS_PROFILE=deep makes every fuzz test deep,
+# HYPOTHESIS_PROFILE=random draws new examples on each run (for hunting, not for CI).
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", max_examples=30, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("deep", max_examples=300, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("random", max_examples=300, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small, fast settings for end-to-end runs on the bundled digits data.
 FAST_TRAIN = ["train.epochs=3", "threads=1"]

@@ -38,12 +38,15 @@ def run_neuron(
     constant: bool = False,
     channels_last: bool = False,
     count: bool = True,
+    signed: bool = False,
+    max_spikes: int = 1,
 ) -> Result:
     """(output, membrane, counts) after every chunk of one neuron run through `steps` steps."""
     if DEVICE != "cpu":
         currents, theta = currents.to(DEVICE), theta.to(DEVICE)
     neuron = IFNeuron(reset=reset, v_init=v_init).to(currents.device)
     neuron.set_threshold(theta)
+    neuron.signed, neuron.max_spikes = signed, max_spikes
     neuron.backend = backend
     neuron.count_spikes = count
     batch = currents.shape[0] if constant else currents.shape[1]
@@ -55,7 +58,10 @@ def run_neuron(
         neuron.configure(tc, batch)
         out = neuron(x)
         counts = None if neuron.last_counts is None else neuron.last_counts.clone()
-        results.append((out.clone(), neuron.v.clone(), counts))
+        v = neuron.v.clone()
+        if signed:  # the net count is state too: compare it with the membrane
+            v = torch.cat([v.flatten(), neuron.net_count.flatten()])
+        results.append((out.clone(), v, counts))
         t0 += tc
     return results
 
@@ -117,12 +123,21 @@ def calibrated(name: str, per_channel: bool) -> SpikingNet:
 
 
 def simulation_case(
-    name: str, reset: str, precision: str, channels_last: bool, per_channel: bool
+    name: str,
+    reset: str,
+    precision: str,
+    channels_last: bool,
+    per_channel: bool,
+    signed: bool = False,
+    max_spikes: int = 1,
+    offset: str | None = None,
 ) -> Check:
     def check(kernel: str) -> str | None:
         net = calibrated(name, per_channel)
         net.reset_mode = reset
         net.v_init = 0.5 if reset == "soft" else 0.0
+        net.signed, net.max_spikes = signed, max_spikes
+        pre = {"presteps": 3, "offset": offset} if offset else {}
         x = torch.rand(3, *NETS[name][1], generator=torch.Generator().manual_seed(2))
         traces = {}
         for backend in ("eager", kernel):
@@ -130,7 +145,12 @@ def simulation_case(
             with (
                 torch.inference_mode(),
                 ChunkedRun(
-                    net, chunk=5, precision=precision, channels_last=channels_last, device=DEVICE
+                    net,
+                    chunk=5,
+                    precision=precision,
+                    channels_last=channels_last,
+                    device=DEVICE,
+                    **pre,
                 ) as run,
             ):
                 traces[backend] = run_batch(run, x, [2, 9])
@@ -201,6 +221,46 @@ def cases(kernel: str) -> dict[str, Check]:
         theta = "channel" if per_channel else "layer"
         table[f"simulate-{name}-{reset}-{precision}-{layout}-{theta}"] = simulation_case(
             name, reset, precision, cl, per_channel
+        )
+    # Bursts and signed spikes (the general rule); currents of both signs make negative spikes.
+    swing = currents((12, 3, 4, 5, 5), seed=7) * 2.5 - 0.9
+    for per_channel in (False, True):
+        theta = torch.tensor([0.3, 0.55, 0.8, 1.0]) if per_channel else torch.tensor(0.45)
+        which = "channel" if per_channel else "layer"
+        for cl in (False, True):
+            layout = "nhwc" if cl else "nchw"
+            for reset in ("soft", "hard"):
+                table[f"burst3-{reset}-{which}-{layout}"] = neuron_case(
+                    swing, 12, 5, theta=theta, reset=reset, channels_last=cl, max_spikes=3
+                )
+            table[f"signed-{which}-{layout}"] = neuron_case(
+                swing, 12, 5, theta=theta, v_init=0.5, channels_last=cl, signed=True
+            )
+            table[f"signed-burst2-{which}-{layout}"] = neuron_case(
+                swing, 12, 5, theta=theta, channels_last=cl, signed=True, max_spikes=2
+            )
+    table["burst4-constant"] = neuron_case(
+        currents((2, 3, 4, 4), seed=8) * 3,
+        9,
+        4,
+        theta=torch.tensor(0.3),
+        constant=True,
+        max_spikes=4,
+    )
+    table["signed-features"] = neuron_case(
+        currents((9, 4, 37), seed=9) * 2 - 0.7, 9, 4, theta=torch.tensor(0.5), signed=True
+    )
+    table["burst2-currents-bfloat16"] = neuron_case(
+        (swing[:8]).to(torch.bfloat16), 8, 3, theta=torch.tensor(0.4), max_spikes=2
+    )
+    for name, signed, max_spikes, offset in [
+        ("resnet20", True, 1, None),
+        ("resnet20", False, 2, "srp"),
+        ("digits_cnn", True, 2, "cos"),
+    ]:
+        label = f"simulate-{name}-signed{int(signed)}-burst{max_spikes}-{offset}"
+        table[label] = simulation_case(
+            name, "soft", "fp32", True, True, signed=signed, max_spikes=max_spikes, offset=offset
         )
     return table
 

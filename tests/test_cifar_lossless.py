@@ -75,7 +75,7 @@ def test_full_or_unofficial_splits_say_nothing() -> None:
     [
         ({"data": np.zeros((6, 3000), np.uint8)}, r"expected uint8 \(N, 3072\)"),
         ({"data": np.zeros((6, 3072), np.float32)}, r"expected uint8 \(N, 3072\)"),
-        ({"labels": [0, 1]}, r"expected uint8 \(N, 3072\) and N labels"),
+        ({"labels": [0, 1]}, r"expected uint8 \(N, 3072\) and N integer labels"),
         ({"labels": [0, 1, 2, 3, 4, 10]}, r"labels outside 0..9"),
     ],
 )

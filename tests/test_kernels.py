@@ -59,16 +59,27 @@ def test_cpu_kernel_is_exact_with_one_and_two_threads() -> None:
 @needs_compiler
 @pytest.mark.parametrize("block", [7, 100, 4096])
 @pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"reset": "hard"},
+        {"reset": "hard", "max_spikes": 3},  # the per-neuron loop of hard bursts
+        {"reset": "soft", "signed": True, "max_spikes": 2},  # the pass-by-pass loop
+    ],
+    ids=["plain", "hard-burst", "signed-burst"],
+)
 def test_cpu_kernel_work_items_may_split_images(
-    block: int, per_channel: bool, monkeypatch: pytest.MonkeyPatch
+    block: int, per_channel: bool, options: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 3*7*11 = 231 neurons per image: items of 7 or 100 neurons end inside images, 4096 hold
     # several; the counts must still land on the right (step, image).
     monkeypatch.setattr(cpu_if, "BLOCK", block)
     x = kernel_check.currents((6, 20, 3, 7, 11), seed=10)
+    if len(options) > 1:
+        x = x * 3 - 0.8  # bursts and negative spikes
     theta = torch.tensor([0.2, 0.5, 0.8]) if per_channel else torch.tensor(0.45)
     for cl in (False, True):
-        kw = dict(theta=theta, reset="hard", v_init=0.5, channels_last=cl)
+        kw = dict(theta=theta, v_init=0.5, channels_last=cl, **options)
         fused = kernel_check.run_neuron("cpu", x, 6, 4, **kw)
         assert kernel_check.mismatch(fused, kernel_check.run_neuron("eager", x, 6, 4, **kw)) is None
 
@@ -163,14 +174,24 @@ def test_triton_kernel_equals_eager_under_the_interpreter(interpreted_run: dict,
 # The interpreter never compiles: compile the kernel for an H100 (sm_90) here, no GPU needed,
 # so that the GPU path at least builds and its arithmetic can be read.
 # Each compile takes seconds (cached by Triton afterwards): one in the fast suite.
-PTX_CASES = [  # currents, hard, constant, per_channel, count
+PTX_CASES = [  # currents, hard, constant, per_channel, count[, max_spikes, signed]
     ("*fp32", False, False, True, True),
+    ("*fp32", False, False, True, True, 3, True),  # bursts and signed spikes
     pytest.param(("*bf16", True, True, False, False), marks=pytest.mark.slow),
     pytest.param(("*fp16", False, False, False, True), marks=pytest.mark.slow),
+    pytest.param(("*fp32", True, False, False, True, 2, False), marks=pytest.mark.slow),
 ]
 
 
-def compile_for_sm90(current: str, hard: bool, constant: bool, per_channel: bool, count: bool):
+def compile_for_sm90(
+    current: str,
+    hard: bool,
+    constant: bool,
+    per_channel: bool,
+    count: bool,
+    max_spikes: int = 1,
+    signed: bool = False,
+):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -178,10 +199,10 @@ def compile_for_sm90(current: str, hard: bool, constant: bool, per_channel: bool
     from rmp_cli.snn.kernels import triton_if
 
     names = list(triton_if.if_chunk_kernel.arg_names)
-    pointers = [current, "*fp32", "*fp32", "*fp32", "*i32"]
+    pointers = [current, "*fp32", "*fp32", "*fp32", "*i32", "*fp32"]
     flags = {"HARD": hard, "CONSTANT": constant, "PER_CHANNEL": per_channel, "COUNT": count}
-    flags["BLOCK"] = 1024
-    signature = dict(zip(names, pointers + ["i32"] * 5 + ["constexpr"] * 5, strict=True))
+    flags |= {"BLOCK": 1024, "MAX_SPIKES": max_spikes, "SIGNED": signed}
+    signature = dict(zip(names, pointers + ["i32"] * 5 + ["constexpr"] * 7, strict=True))
     try:
         source = ASTSource(
             fn=triton_if.if_chunk_kernel,
@@ -201,7 +222,7 @@ def test_triton_kernel_compiles_for_the_gpu_without_fused_multiply_adds(case: tu
     ptx = compile_for_sm90(*case).asm["ptx"]
     assert "fma." not in ptx  # separate add.rn / mul.rn / sub.rn, as the eager rule rounds
     assert "add.rn.f32" in ptx and "setp.ge.f32" in ptx
-    assert ("atom." in ptx or "red." in ptx) == case[-1]  # the counts' atomic add
+    assert ("atom." in ptx or "red." in ptx) == case[4]  # the counts' atomic add
 
 
 @needs_triton

@@ -100,7 +100,7 @@ def test_predictions_file_upserts_points_and_keeps_the_finished_ones(tmp_path: P
     # Size: 6 N + 2 P N (nT + 1) bytes of arrays plus small headers.
     assert path.stat().st_size < 6 * 3 + 2 * 1 * 3 * 3 + 6 * 400
     path.write_bytes(b"not a zip")
-    with pytest.raises(RmpError, match="not a readable predictions file"):
+    with pytest.raises(RmpError, match="not a predictions file of `rmp sweep`"):
         read_predictions(path)
 
 

@@ -25,7 +25,7 @@ def test_seed_is_a_grid_axis_and_part_of_the_point_key() -> None:
     cfgs = [compose_config(p) for p in grid_points(base, axes)]
     assert [axis_values(c)["seed"] for c in cfgs] == [0, 1, 2]
     keys = [point_key(axis_values(c)) for c in cfgs]
-    assert keys[1].endswith(",activation=relu,seed=1") and len(set(keys)) == 3
+    assert keys[1].endswith(",activation=relu,neuron=if,presteps=0,seed=1") and len(set(keys)) == 3
     # Read back from CSV as 1.0 or "1": the same point.
     assert point_key({**axis_values(cfgs[1]), "seed": 1.0}) == keys[1]
     assert seed_given(["seed=0,1"]) and seed_given(["+seed=3"]) and not seed_given(["x.seed=1"])
@@ -50,11 +50,13 @@ def test_a_seed_redraws_the_calibration_images_only() -> None:
     assert len(other.calib) == len(data.calib) and other.test is data.test
 
 
-def test_sweeps_written_before_the_seed_axis_still_resume(tmp_path: Path) -> None:
+def test_sweeps_written_before_the_later_axes_still_resume(tmp_path: Path) -> None:
+    """Grid keys of sweeps written before neuron, presteps and seed were axes."""
     cfg = compose_config([f"run_dir={tmp_path / 'run'}"])
     keys = [point_key(axis_values(cfg))]
     manifest = _manifest(cfg, [1, 2], keys)
-    old = {**manifest, "grid": [k.rpartition(",seed=")[0] for k in keys]}
+    old = {**manifest, "grid": [k.rpartition(",neuron=")[0] for k in keys]}
+    assert old["grid"][0].endswith(",activation=relu")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "sweep.json").write_text(json.dumps(old))
     assert _open_run(cfg, [], manifest).path == tmp_path / "run"

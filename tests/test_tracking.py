@@ -323,13 +323,13 @@ def test_tensorboard_scalars_by_step_and_one_folder_per_point(tmp_path: Path) ->
 
 # --- what the commands hand over -----------------------------------------------------------
 def _results(reset: str, accuracy: list[float]) -> list[dict[str, Any]]:
-    from rmp_cli.report.results import COLUMNS
+    from rmp_cli.report.results import COLUMNS, LATER_AXES
 
     rows = []
     for t, acc in zip((1, 4), accuracy, strict=True):
         row = dict.fromkeys(COLUMNS, 1.0)
         row |= {"dataset": "digits", "model": "digits_cnn", "reset": reset, "balance": "rmp"}
-        row |= {"scale": 1.0, "v_init": 0.0, "encoding": "direct", "activation": "relu", "seed": 0}
+        row |= {"scale": 1.0, "v_init": 0.0, "encoding": "direct", **LATER_AXES}
         row |= {"timesteps": t, "accuracy": acc, "ann_accuracy": 0.9, "top5": float("nan")}
         rows.append(row)
     return rows
@@ -339,8 +339,10 @@ def test_every_numeric_results_column_is_logged_by_t_intervals_included(tmp_path
     import pandas as pd
 
     from rmp_cli.commands.tracked import log_sweep_headline, log_sweep_points
+    from rmp_cli.report.results import point_key
 
-    df = pd.DataFrame(_results("hard", [0.1, 0.5]) + _results("soft", [0.2, 0.8]))
+    hard, soft = _results("hard", [0.1, 0.5]), _results("soft", [0.2, 0.8])
+    df = pd.DataFrame(hard + soft)
     df = df.assign(ci_low=df["accuracy"] - 0.05, ci_high=df["accuracy"] + 0.05)  # a later column
     memory = Memory()
     tracking = Tracking([memory])
@@ -348,10 +350,9 @@ def test_every_numeric_results_column_is_logged_by_t_intervals_included(tmp_path
         log_sweep_points(tracking, df)
         log_sweep_points(tracking, df)  # again (a resume's catch-up): nothing twice
         log_sweep_headline(tracking, df)
-    assert [v for what, v in memory.calls if what == "child"] == [
-        "reset=hard,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu,seed=0",
-        "reset=soft,balance=rmp,scale=1.0,v_init=0.0,encoding=direct,activation=relu,seed=0",
-    ]
+    children = [v for what, v in memory.calls if what == "child"]
+    assert children == [point_key(hard[0]), point_key(soft[0])]
+    assert children[0].startswith("reset=hard,balance=rmp,scale=1.0,")
     by_t = [v for what, v in memory.calls if what == "metrics" and v[1] is not None]
     first = by_t[0][0]
     assert by_t[0][1] == 1 and by_t[1][1] == 4

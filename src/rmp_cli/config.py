@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -13,7 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, reason_of
 
 GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep", "report", "logger", "experiment")
 
@@ -87,11 +88,60 @@ def _compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise RmpError(f"invalid overrides {' '.join(overrides)}: {_first_line(exc)}") from None
+        if (mark := _yaml_mark(exc)) is None:
+            raise RmpError(f"invalid overrides {' '.join(overrides)}: {_first_line(exc)}") from None
+        raise _bad_config_file(exc, mark) from None
+    except Exception as exc:  # the boundary: a config file Hydra could not read (not YAML)
+        mark = _yaml_mark(exc)
+        if mark is None:
+            raise RmpError(
+                f"cannot compose the config in {config_dir()}: {reason_of(exc)}"
+            ) from None
+        raise _bad_config_file(exc, mark) from None
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, False)
+    return _checked(cfg)
+
+
+# The groups every command reads, and the one top-level key read as a number before any
+# command validates its own settings.
+REQUIRED_GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep")
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """A composed config with the shape rmp relies on: the config files may say anything."""
+    where = config_dir()
+    for group in REQUIRED_GROUPS:
+        if not isinstance(cfg.get(group), DictConfig):
+            raise RmpError(
+                f"the config composed from {where} has no {group} group (a mapping); "
+                f"check {where / 'config.yaml'} and {where / group}/"
+            )
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RmpError(f"seed must be an integer, got {seed!r}")
     return cfg
+
+
+def _yaml_mark(exc: BaseException) -> Any:
+    """Where in which file YAML's parser stopped, if the failure (or its cause) is YAML's."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if (mark := getattr(current, "problem_mark", None)) is not None:
+            return mark
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _bad_config_file(exc: BaseException, mark: Any) -> RmpError:
+    problem = getattr(exc, "problem", None) or reason_of(exc)
+    return RmpError(
+        f"config file {mark.name} is not valid YAML at line {mark.line + 1} ({problem}); "
+        "fix or remove it"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

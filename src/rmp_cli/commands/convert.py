@@ -12,9 +12,10 @@ import click
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli.commands import pipeline, stopping
+from rmp_cli.commands.grid import neuron_label
 from rmp_cli.commands.tracked import log_convert, tracked, tracking_for
 from rmp_cli.config import same_settings, to_container
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.models.sources import describe
 from rmp_cli.report import layer_report, predictions, stats
 from rmp_cli.report.energy import EnergyCosts
@@ -80,13 +81,16 @@ def unfinished_convert(path: Path, cfg: DictConfig) -> bool:
     recorded = path / ".hydra" / "config.yaml"
     if (path / REPORT).exists() or not recorded.is_file():
         return False
-    try:
-        old = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
-    except OSError as exc:
-        raise FileFault("cannot read", recorded, exc) from None
-    except Exception:  # not a record this convert could have written: refuse the dir
-        return False
-    return isinstance(old, dict) and same_settings(old, cfg)
+    raw = read_bytes(recorded)
+    with parsing(
+        recorded,
+        "not the record of a run",
+        f"nothing in {path} was changed: restore it, or choose another run_dir=",
+    ):
+        old = OmegaConf.to_container(OmegaConf.create(raw.decode("utf-8")), resolve=True)
+        if not isinstance(old, dict):
+            raise ValueError(f"it holds a {type(old).__name__}, not a config")
+    return same_settings(old, cfg)
 
 
 def _convert(
@@ -170,6 +174,8 @@ def _convert(
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
         "maxpool": str(cfg.snn.get("maxpool", "gate")),
+        "neuron": neuron_label(cfg.snn),
+        "presteps": result.presteps,  # run before the counted T: latency paid is presteps + T
         "spikes_per_image": snn_row["spikes_per_image"],
         "synops_per_image": snn_row["synops_per_image"],
         "analog_macs_per_image": snn_row["analog_macs_per_image"],
@@ -220,6 +226,12 @@ def _write_layers(cfg: DictConfig, run_path: Path, rows: list[dict]) -> None:
     draw_layers(table, run_path / STEM)
 
 
+def latency(r: dict) -> str:
+    """T, or K+T with pre-steps."""
+    k = r.get("presteps") or 0
+    return f"{k}+{r['timesteps']}" if k else str(r["timesteps"])
+
+
 def format_table(r: dict) -> str:
     gap = (r["ann_accuracy"] - r["snn_accuracy"]) * 100
     before = r.get("ann_accuracy_before_avg")
@@ -232,7 +244,7 @@ def format_table(r: dict) -> str:
     else:
         lines.append(f"{'ANN':<28}{r['ann_accuracy'] * 100:>9.2f}%")
     lines += [
-        f"{'SNN ' + r['reset'] + ' reset, T=' + str(r['timesteps']):<28}{r['snn_accuracy'] * 100:>9.2f}%",
+        f"{'SNN ' + r['reset'] + ' reset, T=' + latency(r):<28}{r['snn_accuracy'] * 100:>9.2f}%",
         f"{'loss vs ANN':<28}{gap:>9.2f} pt",
         *(
             [

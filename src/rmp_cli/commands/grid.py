@@ -137,6 +137,16 @@ def grid_points(
     return [base + list(variant) + combo for variant in variants for combo in combos]
 
 
+def neuron_label(snn: DictConfig) -> str:
+    """The spike options as one results.csv value: if (plain), signed, burst2, signed+burst2,
+    each with +cos or +srp when pre-steps calibrate it."""
+    max_spikes, offset = int(snn.get("max_spikes", 1)), snn.get("offset")
+    parts = ["signed"] if snn.get("signed", False) else []
+    parts += [f"burst{max_spikes}"] if max_spikes > 1 else []
+    label = "+".join(parts) or "if"
+    return f"{label}+{offset}" if offset else label
+
+
 def axis_values(cfg: DictConfig) -> dict[str, Any]:
     return {
         "reset": str(cfg.snn.reset),
@@ -145,6 +155,8 @@ def axis_values(cfg: DictConfig) -> dict[str, Any]:
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
         "activation": str(cfg.model.get("activation", "relu")),
+        "neuron": neuron_label(cfg.snn),
+        "presteps": int(cfg.snn.get("presteps", 0)),
         "seed": int(cfg.seed),
     }
 

@@ -27,6 +27,7 @@ from rmp_cli.runs import distributed as dist
 from rmp_cli.runs.rundir import log
 from rmp_cli.runs.runtime import progress, resolve_device
 from rmp_cli.snn import SimResult, SpikingNet, simulate
+from rmp_cli.snn.neurons import MAX_BURST, OFFSETS
 from rmp_cli.snn.simulator import PRECISIONS
 from rmp_cli.training.checkpoint import (
     build_model,
@@ -94,6 +95,7 @@ def validate_snn_config(cfg: DictConfig) -> None:
         )
     if not 0.0 <= float(snn.v_init) < 1.0:
         raise RmpError(f"snn.v_init is a fraction of the threshold in [0, 1), got {snn.v_init}")
+    validate_spike_options(snn)
     if not isinstance(snn.batch_size, int) or snn.batch_size < 1:
         raise RmpError(f"snn.batch_size must be a positive integer, got {snn.batch_size}")
     if snn.chunk != "auto" and (not isinstance(snn.chunk, int) or snn.chunk < 1):
@@ -122,6 +124,46 @@ def report_levels(cfg: DictConfig) -> tuple[float, float]:
     return stats.check_level("report.confidence", confidence), stats.check_level(
         "report.alpha", alpha
     )
+
+
+def spike_options(snn: DictConfig) -> tuple[bool, int, int, str | None]:
+    """(signed, max_spikes, presteps, offset) with their defaults (configs written before them)."""
+    offset = snn.get("offset")
+    return (
+        snn.get("signed", False),
+        snn.get("max_spikes", 1),
+        snn.get("presteps", 0),
+        None if offset is None else str(offset),
+    )
+
+
+def validate_spike_options(snn: DictConfig) -> None:
+    signed, max_spikes, presteps, offset = spike_options(snn)
+    if not isinstance(signed, bool):
+        raise RmpError(f"snn.signed must be true or false, got {signed!r}")
+    if signed and snn.reset == "hard":
+        raise RmpError(
+            "snn.signed=true needs snn.reset=soft: a negative spike gives theta back, which a "
+            "hard reset (membrane to zero) would not"
+        )
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int):
+        raise RmpError(f"snn.max_spikes must be an integer in 1..{MAX_BURST}, got {max_spikes!r}")
+    if not 1 <= max_spikes <= MAX_BURST:
+        raise RmpError(f"snn.max_spikes must be an integer in 1..{MAX_BURST}, got {max_spikes}")
+    if isinstance(presteps, bool) or not isinstance(presteps, int) or presteps < 0:
+        raise RmpError(f"snn.presteps must be a non-negative integer, got {presteps!r}")
+    if offset is not None and offset not in OFFSETS:
+        raise RmpError(
+            f"unknown snn.offset '{offset}'; choose one of: {', '.join(OFFSETS)} (or null)"
+        )
+    if offset is not None and presteps == 0:
+        raise RmpError(
+            f"snn.offset={offset} calibrates on pre-steps; set snn.presteps to 1 or more"
+        )
+    if offset is None and presteps > 0:
+        raise RmpError(
+            f"snn.presteps={presteps} needs snn.offset={' or snn.offset='.join(OFFSETS)}"
+        )
 
 
 def check_weight_source(cfg: DictConfig) -> None:
@@ -291,6 +333,8 @@ def simulate_test(
     snn = p.cfg.snn
     net.reset_mode = str(snn.reset)
     net.v_init = float(snn.v_init)
+    signed, max_spikes, presteps, offset = spike_options(snn)
+    net.signed, net.max_spikes = signed, max_spikes
     world, test = dist.world_size(), p.data.test
     if world > 1:
         test = Subset(test, range(dist.rank(), len(test), world))
@@ -301,20 +345,25 @@ def simulate_test(
     def tick(*_: Any) -> None:
         next(ticker, None)
 
-    result = simulate(
-        net,
-        loader,
-        list(timesteps),
-        encoding=str(snn.encoding),
-        poisson_scale=poisson_scale(p.data),
-        chunk=chunk_size(p.cfg),
-        device=str(p.device),
-        seed=int(p.cfg.seed),
-        readout=str(snn.readout),
-        progress=tick,
-        precision=str(snn.get("precision", "fp32")),
-        layer_stats=layer_report_on(p.cfg),
-    )
+    try:
+        result = simulate(
+            net,
+            loader,
+            list(timesteps),
+            encoding=str(snn.encoding),
+            poisson_scale=poisson_scale(p.data),
+            chunk=chunk_size(p.cfg),
+            device=str(p.device),
+            seed=int(p.cfg.seed),
+            readout=str(snn.readout),
+            progress=tick,
+            precision=str(snn.get("precision", "fp32")),
+            layer_stats=layer_report_on(p.cfg),
+            presteps=presteps,
+            offset=offset,
+        )
+    finally:  # balancing (of the next grid point) simulates the plain neuron
+        net.signed, net.max_spikes = False, 1
     if hasattr(bar, "close"):
         bar.close()
     if world > 1:

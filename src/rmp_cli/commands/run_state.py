@@ -6,16 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import FileFault, RmpError, parsing, read_bytes
 from rmp_cli.runs.atomic import atomic_write_text
 from rmp_cli.runs.rundir import RunDir, create_run_dir, log
 
 MANIFEST = "sweep.json"
+T = TypeVar("T")
 
 
 def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[str, Any]:
@@ -25,15 +27,26 @@ def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[st
     return {"timesteps": timesteps, "grid": keys, "config": base}
 
 
-def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -> RunDir:
+def _open_run(
+    cfg: DictConfig,
+    overrides: list[str],
+    manifest: dict[str, Any],
+    check: Callable[[Path], None] = lambda path: None,
+) -> RunDir:
+    """A new run dir, or the run_dir= of this sweep to resume; `check(path)` reads its state
+    first, so a file that cannot be read stops the resume before anything is written."""
     explicit = cfg.get("run_dir")
     if explicit and (Path(str(explicit)) / MANIFEST).is_file():
-        old = read_json(Path(str(explicit)) / MANIFEST)
-        if old != manifest and old != _without_seed(manifest):
+        path = Path(str(explicit))
+        old = untouched_if_unreadable(
+            path, lambda: read_json(path / MANIFEST), "restore it, or choose another run_dir="
+        )
+        if old not in (manifest, _as_written_before_later_axes(manifest)):
             raise RmpError(
                 f"run dir {explicit} holds a sweep with other settings; resume it with the "
                 "same overrides and time-steps, or choose another run_dir="
             )
+        check(path)
         run = create_run_dir("sweep", cfg, overrides, reuse=True)
         log.info("resuming the sweep in %s", run.path)
         return run
@@ -42,20 +55,37 @@ def _open_run(cfg: DictConfig, overrides: list[str], manifest: dict[str, Any]) -
     return run
 
 
-def _without_seed(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest as written before grid keys named the seed (such sweeps still resume)."""
-    grid = [str(k).rpartition(",seed=")[0] or k for k in manifest["grid"]]
-    return {**manifest, "grid": grid}
+def _as_written_before_later_axes(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as written before grid keys named the neuron options, pre-steps and seed
+    (such sweeps still resume: they ran plain IF neurons, no pre-steps, one seed)."""
+
+    def old_key(key: str) -> str:
+        parts = str(key).split(",")
+        kept = [
+            p for p in parts if not p.startswith("seed=") and p not in ("neuron=if", "presteps=0")
+        ]
+        return ",".join(kept)
+
+    return {**manifest, "grid": [old_key(k) for k in manifest["grid"]]}
+
+
+def untouched_if_unreadable(run: Path, read: Callable[[], T], advice: str) -> T:
+    """``read()`` a file of the run dir being resumed; a file that cannot be parsed stops the
+    resume with the reader's line, that nothing was changed, and `advice` (what to do). The
+    disk's own faults keep their `cannot read` line."""
+    try:
+        return read()
+    except FileFault:
+        raise
+    except RmpError as exc:
+        raise RmpError(f"{exc}; nothing in {run} was changed: {advice}") from None
 
 
 def read_json(path: Path) -> Any:
     """A JSON file this sweep wrote (atomically); a read fault is one clear line."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise FileFault("cannot read", path, exc) from None
-    except ValueError:
-        raise RmpError(f"{path} is not valid JSON; was it edited by hand?") from None
+    raw = read_bytes(path)
+    with parsing(path, "not valid JSON", "was it edited by hand?"):
+        return json.loads(raw)
 
 
 class RunLock:

@@ -169,11 +169,21 @@ def exit_code(exc: BaseException) -> int | None:
         exc = FileFault("cannot use", exc.filename, exc) if exc.filename else exc
     if not isinstance(exc, (RmpError, OSError)):
         return None
-    reason = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    reason = exc.strerror or str(exc) if isinstance(exc, OSError) else _from_worker(str(exc))
     _say(f"rmp: error: {reason}")
     if isinstance(exc, FileFault) and _rank_zero() and (line := fault_line()):
         _say(line)
     return BAD_INPUT
+
+
+def _from_worker(message: str) -> str:
+    """An RmpError raised in a DataLoader worker (a damaged image read lazily) comes back as
+    "Caught RmpError in DataLoader worker process 0." and the worker's traceback, whose last
+    line holds the message."""
+    lines = message.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]
+    return message
 
 
 def guarded(work: Callable[[], T]) -> T:

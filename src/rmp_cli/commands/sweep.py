@@ -26,7 +26,13 @@ from rmp_cli.commands.grid import (
     split_grid,
     validate_timesteps,
 )
-from rmp_cli.commands.run_state import RunLock, _manifest, _open_run, read_json
+from rmp_cli.commands.run_state import (
+    RunLock,
+    _manifest,
+    _open_run,
+    read_json,
+    untouched_if_unreadable,
+)
 from rmp_cli.commands.tracked import (
     log_sweep_headline,
     log_sweep_points,
@@ -34,6 +40,7 @@ from rmp_cli.commands.tracked import (
     tracked,
     tracking_for,
 )
+from rmp_cli.commands.train import load_resumable
 from rmp_cli.config import compose_config
 from rmp_cli.data.bundle import redraw_calibration
 from rmp_cli.errors import RmpError
@@ -109,11 +116,7 @@ def _ensure_checkpoint(
     make_dir(ann_dir, exist_ok=True)
     if name.rpartition("-")[2] == f"seed{int(cfg.seed)}":  # its own initialisation too
         seed_everything(int(cfg.seed))
-    state = (
-        load_checkpoint(ann_dir / "last.pt", kind="last")
-        if (ann_dir / "last.pt").is_file()
-        else None
-    )
+    state = load_resumable(ann_dir / "last.pt") if (ann_dir / "last.pt").is_file() else None
     log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
     on_epoch = (lambda row: tracking.epoch(row, prefix=f"{name}/")) if tracking else None
     train(cfg, RunDir(path=ann_dir, created=True), resume_state=state, on_epoch=on_epoch)
@@ -168,7 +171,7 @@ def run_sweep_command(
     # Under torchrun every rank runs the grid on its shard of the test set; rank 0 writes.
     with torchrun_session(point_cfgs):
         manifest = _manifest(cfg, steps, keys)
-        run = on_main(lambda: _open_run(cfg, overrides, manifest))
+        run = on_main(lambda: _open_run(cfg, overrides, manifest, check=_state_check(steps)))
         # Interrupted, the same command with run_dir=RUN computes only the missing points.
         stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
         with (
@@ -190,9 +193,8 @@ def sweep_points(
     tracking: Tracking | None = None,
 ) -> None:
     tracking = tracking or Tracking()
-    results_path = run / "results.csv"
-    done = read_results(results_path) if results_path.is_file() else pd.DataFrame(columns=COLUMNS)
-    finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()})
+    done, partial = read_done(run.path, steps, say=log.warning if dist.is_main() else _silent)
+    finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()} - set(partial))
     if dist.is_main():
         layer_report.keep_points(run / layer_report.LAYERS_FILE, finished)
         predictions.keep_points(run / predictions.PREDICTIONS_FILE, finished)
@@ -206,11 +208,21 @@ def sweep_points(
                 log.info("[%d/%d] %s: already done", i + 1, len(keys), keys[i])
         if todo:
             done = _sweep_model(
-                name, point_cfgs, keys, todo, steps, overrides, run, done, test_seed, tracking
+                name,
+                point_cfgs,
+                keys,
+                todo,
+                steps,
+                overrides,
+                run,
+                done,
+                test_seed,
+                partial,
+                tracking,
             )
     if dist.is_main():
         _finish(run, done, cfg)
-        log_sweep_points(tracking, done)  # points done before this process, if not yet logged
+        log_sweep_points(tracking, done, steps)  # points done before this process, if not logged
         log_sweep_headline(tracking, done)
 
 
@@ -224,9 +236,13 @@ def _sweep_model(
     run: RunDir,
     done: pd.DataFrame,
     test_seed: int | None = None,
+    partial: dict[str, set[int]] | None = None,
     tracking: Tracking | None = None,
 ) -> pd.DataFrame:
-    """The grid points that share one ANN: train (or reuse) it, then balance and simulate each."""
+    """The grid points that share one ANN: train (or reuse) it, then balance and simulate each.
+    `partial`: points whose rows at these T were kept from a cut results.csv (only the rest
+    are added)."""
+    partial = partial or {}
     tracking = tracking or Tracking()
     results_path = run / "results.csv"
     ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name, tracking)
@@ -303,6 +319,7 @@ def _sweep_model(
                 **per_image[i],
             }
             for i, r in enumerate(result.rows())
+            if r["timesteps"] not in partial.get(key, ())
         ]
         done = (
             pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
@@ -324,7 +341,9 @@ def _sweep_model(
                     ann.predicted.numpy(),
                 )
             write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
-            log_sweep_points(tracking, done)  # after results.csv: the tracker never leads it
+            log_sweep_points(tracking, done, steps)  # after results.csv: never ahead of it
+        if not rows:  # every row of this point was kept from the cut table
+            continue
         best = max(rows, key=lambda r: r["accuracy"])
         log.info(
             "[%d/%d] %s: T=%d acc %.2f%%  best %.2f%% at T=%d  (%.1fs)",
@@ -340,6 +359,96 @@ def _sweep_model(
     return done
 
 
+# --- resuming: the run's state, read before anything is written ---------------------------
+MOVE_AWAY = "move it away (e.g. to {name}.bad) and rerun to recompute those points"
+
+
+def read_done(
+    run_path: Path, steps: list[int], *, say: Callable[..., None]
+) -> tuple[pd.DataFrame, dict[str, set[int]]]:
+    """The rows of results.csv a resume keeps, and the points among them that lack some T
+    (point key -> the T kept): a last line cut by a crash is left out, every complete row is
+    kept, and the point it belonged to gets its missing T computed."""
+    path = run_path / "results.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS), {}
+    cut: list[str] = []
+    done = untouched_if_unreadable(
+        run_path,
+        lambda: read_results(path, cut=cut.append),
+        MOVE_AWAY.format(name=path.name),
+    )
+    have: dict[str, set[int]] = {}
+    for _, row in done.iterrows():
+        have.setdefault(point_key(row), set()).add(int(row["timesteps"]))
+    partial = {key: ts for key, ts in have.items() if not set(steps) <= ts}
+    if cut:
+        say(
+            "rmp: warning: %s ended in a line cut by a crash (%r); left it out and kept all "
+            "%d complete rows%s",
+            path,
+            cut[0][:60],
+            len(done),
+            "; computing the missing T of " + "; ".join(sorted(partial)) if partial else "",
+        )
+    return done, partial
+
+
+def _silent(*_: object) -> None:
+    pass
+
+
+def _state_check(steps: list[int]) -> Callable[[Path], None]:
+    """What a resume reads, read once before the run dir is touched: results.csv, layers.csv,
+    the ANN accuracy records and the checkpoints of the ANNs this sweep trained."""
+
+    def check(run_path: Path) -> None:
+        read_done(run_path, steps, say=_silent)
+        layers = run_path / layer_report.LAYERS_FILE
+        if layers.is_file():
+            untouched_if_unreadable(
+                run_path,
+                lambda: layer_report.read_layers(layers),
+                MOVE_AWAY.format(name=layers.name).replace("those points", "their layer rows"),
+            )
+        kept = run_path / predictions.PREDICTIONS_FILE
+        if kept.is_file():
+            untouched_if_unreadable(
+                run_path,
+                lambda: predictions.read_predictions(kept),
+                MOVE_AWAY.format(name=kept.name).replace("recompute those points", "recompute it"),
+            )
+        for record in sorted(run_path.glob("ann*.json")):
+            untouched_if_unreadable(
+                run_path,
+                lambda record=record: read_ann_accuracy(record),
+                "move it away and rerun to evaluate the ANN again",
+            )
+        for ann_dir in sorted(p for p in run_path.glob("ann*") if p.is_dir()):
+            model, last = ann_dir / "model.pt", ann_dir / "last.pt"
+            if model.is_file() or last.is_file():
+                untouched_if_unreadable(
+                    run_path,
+                    lambda model=model, last=last: (
+                        load_checkpoint(model) if model.is_file() else load_resumable(last)
+                    ),
+                    "move it away and rerun to train that ANN again",
+                )
+
+    return check
+
+
+def read_ann_accuracy(path: Path) -> float:
+    """ann.json's accuracy, a number in [0, 1]."""
+    data = read_json(path)
+    accuracy = data.get("accuracy") if isinstance(data, dict) else None
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+        raise RmpError(f'{path} holds no ANN accuracy (expected {{"accuracy": 0.98, ...}})')
+    if not 0.0 <= accuracy <= 1.0:
+        raise RmpError(f"{path} holds ANN accuracy {accuracy}, not a fraction in [0, 1]")
+    return float(accuracy)
+
+
 def _ann_reference(
     p: pipeline.Prepared, run: RunDir, filename: str = "ann.json"
 ) -> tuple[float, pipeline.AnnPredictions | None]:
@@ -351,7 +460,7 @@ def _ann_reference(
     path = run / filename
     ann = pipeline.ann_predictions(p)
     if path.is_file():
-        return float(read_json(path)["accuracy"]), ann
+        return read_ann_accuracy(path), ann
     metrics = ann.metrics
     report = {"accuracy": metrics["acc"], "top5": metrics["top5"], "loss": metrics["loss"]}
     if p.data.test_note:

@@ -78,15 +78,18 @@ def sweep_params(
     return config
 
 
-def log_sweep_points(tracking: Tracking, df: pd.DataFrame) -> None:
-    """Each grid point of results.csv that the trackers lack: a child run with every numeric
-    column by T (intervals too, where the table has them) and its summary as final numbers."""
+def log_sweep_points(tracking: Tracking, df: pd.DataFrame, steps: Sequence[int] = ()) -> None:
+    """Each complete grid point of results.csv (a row at every T of ``steps``) that the
+    trackers lack: a child run with every numeric column by T (intervals too) and its summary
+    as final numbers. A point kept in part from a cut table waits until it is complete."""
     if not tracking.active or not len(df):
         return
     keyed = df.assign(_key=[point_key(r) for _, r in df.iterrows()])
     summaries = {point_key(r): r for _, r in summarize(df).iterrows()}
     for key, rows in keyed.groupby("_key", sort=False):
         if tracking.logged(str(key)):
+            continue
+        if not set(steps) <= {int(t) for t in rows["timesteps"]}:
             continue
         rows = rows.sort_values("timesteps")
         first = rows.iloc[0]

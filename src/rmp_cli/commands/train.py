@@ -69,6 +69,19 @@ def load_resumable(path: str | Path) -> dict:
     state = load_checkpoint(path, kind="last")
     if state.get("kind") != "last" or "optimizer" not in state:
         raise RmpError(f"{path} is not a resumable checkpoint; resume= takes the last.pt of a run")
+    optimizer, metrics = state["optimizer"], state.get("metrics")
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if (
+        not isinstance(groups, list)
+        or not isinstance(optimizer.get("state"), dict)
+        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+        or not isinstance(metrics, list)
+        or not all(isinstance(row, dict) for row in metrics)
+    ):
+        raise RmpError(
+            f"{path} is a damaged last.pt (its optimizer state or metrics are not what "
+            "`rmp train` writes); start a new run, or resume from an intact copy"
+        )
     return state
 
 

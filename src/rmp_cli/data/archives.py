@@ -9,7 +9,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import FileFault, RmpError, parsing, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,11 @@ def read_checksums(path: Path) -> dict[str, str]:
     """`sha256sum` output: '<hex>  <name>' (or '<hex> *<name>' in binary mode) per line."""
     if not path.is_file():
         raise RmpError(f"{path} is missing; the archives cannot be verified without it")
+    raw = read_bytes(path)
+    with parsing(path, "not sha256sum output (UTF-8 text)", "copy it again"):
+        text = raw.decode("utf-8")
     sums = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.strip().split(maxsplit=1)
         if len(parts) == 2 and len(parts[0]) == 64:
             sums[parts[1].lstrip("*")] = parts[0].lower()
@@ -82,11 +85,14 @@ def unpack_cifar10_archives(archive_dir: Path, dest: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=dest, prefix=".unpack-") as tmp:
         for split, name in zip(SPLITS, archives, strict=True):
             log.info("unpacking %s", archive_dir / name)
-            try:
-                with tarfile.open(archive_dir / name, "r:xz") as tar:
-                    _safe_extract(tar, Path(tmp))
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise RmpError(f"cannot unpack {archive_dir / name} ({exc})") from None
+            with parsing(archive_dir / name, "", template="cannot unpack {path} ({reason})"):
+                try:
+                    with tarfile.open(archive_dir / name, "r:xz") as tar:
+                        _safe_extract(tar, Path(tmp))
+                except OSError as exc:  # unpacking writes too: a full disk is no bad archive
+                    if exc.errno is None:
+                        raise
+                    raise FileFault("cannot unpack", archive_dir / name, exc) from None
             if not (Path(tmp) / split).is_dir():
                 raise RmpError(f"{archive_dir / name} does not contain a top-level {split}/ folder")
         for split in SPLITS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from rmp_cli.data.fetch import download
 from rmp_cli.data.folder import class_names, load_image_folder
 from rmp_cli.data.locations import data_home
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,15 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _read_batch(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            # The official files were pickled by Python 2: "bytes" keeps their str keys as bytes.
-            batch = _BatchUnpickler(f, encoding="bytes").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise RmpError(
-            f"cannot read CIFAR batch {path} ({exc}); replace it or re-download"
-        ) from None
+    raw = read_bytes(path)
+    with parsing(
+        path,
+        "not a CIFAR batch",
+        "replace it or re-download",
+        template="cannot read CIFAR batch {path} ({reason})",
+    ):
+        # The official files were pickled by Python 2: "bytes" keeps their str keys as bytes.
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     if not isinstance(batch, dict):
         raise RmpError(f"{path} is not a CIFAR batch (not a dict); replace it or re-download")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -86,18 +88,21 @@ def _read_split(
                 f"{path} lacks 'data' or '{layout.label_key}'; is it a CIFAR-"
                 f"{layout.num_classes} batch? replace it or re-download"
             )
-        data = np.asarray(batch["data"])
-        y = np.asarray(batch[layout.label_key], dtype=np.int64)
+        with parsing(path, "not a CIFAR batch", "replace it or re-download"):
+            data = np.asarray(batch["data"])
+            y = np.asarray(batch[layout.label_key])
         if (
             data.dtype != np.uint8
             or data.ndim != 2
             or data.shape[1] != 3 * 32 * 32
             or y.shape != (len(data),)
+            or (y.size and y.dtype.kind not in "iu")  # no floats cut to ints unseen
         ):
             raise RmpError(
-                f"{path} holds data {data.dtype}{data.shape} and {y.shape} labels, expected "
-                f"uint8 (N, 3072) and N labels; replace it or re-download"
+                f"{path} holds data {data.dtype}{data.shape} and {y.dtype}{y.shape} labels, "
+                f"expected uint8 (N, 3072) and N integer labels; replace it or re-download"
             )
+        y = y.astype(np.int64)
         if y.size and (y.min() < 0 or y.max() >= layout.num_classes):
             raise RmpError(f"{path} has labels outside 0..{layout.num_classes - 1}; replace it")
         images.append(data.reshape(-1, 3, 32, 32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from rmp_cli.data.locations import cache_home
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import FileFault, RmpError, parsing, read_bytes, reason_of
 from rmp_cli.runs.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,19 @@ def folder_key(split_dir: Path, files: list[tuple[Path, int]], size: tuple[int, 
 
 def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """One image as uint8 (H, W, 3); its size must already be `size` (H, W): no silent resizing."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            if img.size != (size[1], size[0]):
-                raise RmpError(
-                    f"{path} is {img.size[0]}x{img.size[1]} pixels, expected "
-                    f"{size[1]}x{size[0]}; this folder is not in the expected format"
-                )
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RmpError(f"cannot decode {path} ({exc}); replace or delete the file") from None
+    raw = read_bytes(path)
+    with (
+        parsing(path, "", "replace or delete the file", template="cannot decode {path} ({reason})"),
+        Image.open(io.BytesIO(raw)) as img,
+    ):
+        if img.size != (size[1], size[0]):
+            raise RmpError(
+                f"{path} is {img.size[0]}x{img.size[1]} pixels, expected "
+                f"{size[1]}x{size[0]}; this folder is not in the expected format"
+            )
+        return np.asarray(img.convert("RGB"))
 
 
 def _decode_all(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
@@ -113,20 +115,30 @@ def _cache_name(tag: str, key: str) -> str:
     return f"{tag}-{key[:16]}.pt"
 
 
-def _read_cache(path: Path, key: str, count: int) -> FolderImages | None:
+def _read_cache(path: Path, key: str, count: int, size: tuple[int, int]) -> FolderImages | None:
+    """The cache at `path` if it is the one for this folder, whole; None (rebuild it) if not.
+    Every check is here, inside the boundary: a damaged cache must never reach training."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        images, labels = blob["images"], blob["labels"]
+        images, labels, classes = blob["images"], blob["labels"], list(blob["classes"])
         ok = (
             blob.get("format") == CACHE_FORMAT
             and blob.get("key") == key
+            and isinstance(images, torch.Tensor)
+            and isinstance(labels, torch.Tensor)
             and images.dtype == torch.uint8
-            and images.shape[0] == count == labels.shape[0]
+            and images.ndim == 4
+            and tuple(images.shape[1:]) == (3, *size)
+            and labels.dtype == torch.int64
+            and labels.shape == (count,)
+            and images.shape[0] == count
+            and all(isinstance(c, str) for c in classes)
+            and bool(count == 0 or (labels.min() >= 0 and labels.max() < len(classes)))
         )
-    except Exception as exc:  # any unreadable cache is just rebuilt
-        log.warning("ignoring unreadable cache %s (%s)", path, exc)
+    except Exception as exc:  # the boundary: any unreadable cache is just rebuilt
+        log.warning("ignoring unreadable cache %s (%s)", path, reason_of(exc))
         return None
-    return FolderImages(list(blob["classes"]), images, labels) if ok else None
+    return FolderImages(classes, images, labels) if ok else None
 
 
 def _write_cache(dirs: list[Path], tag: str, key: str, data: FolderImages, explicit: bool) -> None:
@@ -185,7 +197,7 @@ def load_image_folder(
     dirs = _cache_dirs(split_dir, cache_dir)
     for folder in dirs:
         path = folder / _cache_name(tag, key)
-        if path.is_file() and (cached := _read_cache(path, key, len(files))) is not None:
+        if path.is_file() and (cached := _read_cache(path, key, len(files), size)) is not None:
             log.info("loaded %d images of %s from cache %s", len(files), split_dir, path)
             return cached
     log.info("decoding %d images of %s (once; later runs read the cache)", len(files), split_dir)

@@ -13,7 +13,7 @@ import torch
 
 from rmp_cli.data.fetch import download
 from rmp_cli.data.locations import DEBIAN_FASHION_MNIST, data_home
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,11 @@ TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 def read_idx(path: Path) -> np.ndarray:
     """One idx file of unsigned bytes (magic 0x0000 08 <ndim>: 2049 labels, 2051 images)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = bytearray(f.read())  # bytearray: numpy views of it stay writable for torch
-    except (OSError, EOFError) as exc:
-        raise RmpError(
-            f"cannot read {path} ({exc}); replace the file or delete it and re-download"
-        ) from None
+    raw = read_bytes(path)
+    advice = "replace the file or delete it and re-download"
+    with parsing(path, "not an intact idx file" + " (gzip)" * (path.suffix == ".gz"), advice):
+        # bytearray: numpy views of it stay writable for torch
+        raw = bytearray(gzip.decompress(raw) if path.suffix == ".gz" else raw)
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] != UBYTE:
         raise RmpError(
             f"{path} is not an idx file of unsigned bytes (bad magic number); replace it"

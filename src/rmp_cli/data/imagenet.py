@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -17,6 +19,23 @@ LAYOUT_HINT = (
     "lay it out as root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG (one folder per "
     "class, the same class folders in both; val sorted into class folders)"
 )
+
+
+def load_image(path: str) -> Any:
+    """ImageFolder's loader behind the read boundary: a damaged JPEG is one line naming it. A
+    plain RmpError, so that a DataLoader worker can send it back (it rebuilds the exception
+    from its message alone)."""
+    from PIL import Image
+
+    try:
+        raw = read_bytes(path)
+        with (
+            parsing(path, "", "replace or delete it", template="cannot decode {path} ({reason})"),
+            Image.open(io.BytesIO(raw)) as img,
+        ):
+            return img.convert("RGB")
+    except RmpError as exc:
+        raise RmpError(str(exc)) from None
 
 
 def load_imagenet(
@@ -52,9 +71,9 @@ def load_imagenet(
     )
     try:
         train = datasets.ImageFolder(
-            str(root / "train"), transform=train_tf if augment else eval_tf
+            str(root / "train"), transform=train_tf if augment else eval_tf, loader=load_image
         )
-        val = datasets.ImageFolder(str(root / "val"), transform=eval_tf)
+        val = datasets.ImageFolder(str(root / "val"), transform=eval_tf, loader=load_image)
     except (FileNotFoundError, OSError) as exc:
         raise RmpError(f"cannot read imagenet under {root} ({exc}); {LAYOUT_HINT}") from None
     if train.classes != val.classes:

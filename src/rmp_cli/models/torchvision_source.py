@@ -9,7 +9,6 @@ cannot turn into spikes is decided later, by the converter, from the traced grap
 
 from __future__ import annotations
 
-import pickle
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -70,8 +69,14 @@ def _build(arch: str, weights: Any, num_classes: int) -> nn.Module:
             f"{Path(weights.url).name} from {weights.url} at {_cache_path(weights)} "
             "(or set TORCH_HOME to the folder holding hub/checkpoints/)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except RmpError:
+        raise
+    except Exception as exc:
+        # With weights, the failure is the cached file's, whatever its parser raised (the read
+        # boundary); without, only building can fail, and what it raises otherwise is a bug.
         if weights is None:
+            if not isinstance(exc, (RuntimeError, OSError, ValueError)):
+                raise
             raise RmpError(f"torchvision {arch} cannot be built: {_reason(exc)}") from None
         raise RmpError(
             f"torchvision weights {weights} at {_cache_path(weights)} cannot be loaded "

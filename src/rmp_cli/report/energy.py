@@ -2,7 +2,8 @@
 
     E_ANN = E_MAC x (multiply-accumulates of every conv/linear layer)
     E_SNN = E_MAC x (multiply-accumulates of the analog layers, run once per image under direct
-            input) + E_AC x (synaptic operations: spikes x true fan-out, each an accumulate)
+            input) + E_AC x (synaptic operations: spikes x true fan-out, each an accumulate;
+            a burst of k spikes is k of them, a negative spike one; pre-steps included)
 Per-operation costs come from the config (`energy.ac_pj`, `energy.mac_pj`; defaults: 32-bit
 float, 45 nm, Horowitz ISSCC 2014). Neuron updates (one add per neuron and step) are not counted,
 as in the papers these numbers are compared with.

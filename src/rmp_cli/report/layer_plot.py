@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rmp_cli.report.figures import FORMATS, save_figure
-from rmp_cli.report.results import AXES
+from rmp_cli.report.results import AXES, with_implied_keys
 from rmp_cli.runs.rundir import make_dir
 
 STEM = "layers"
@@ -57,6 +57,7 @@ def _label(point: pd.DataFrame, varying: list[str]) -> str:
 
 
 def draw_layers(df: pd.DataFrame, out_stem: Path) -> list[Path]:
+    df = with_implied_keys(df)
     points = _points(df)
     varying = [a for a in AXES if df[a].nunique() > 1]
     ts = pick_timesteps(df["timesteps"].astype(int).tolist())

@@ -27,10 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, parsing
 from rmp_cli.report.results import (
     AXES,
+    TEXT_COLUMNS,
+    check_table,
     point_key,
+    read_text_file,
+    split_cut_line,
     summarize,
     with_implied_axes,
     with_implied_keys,
@@ -46,6 +50,7 @@ METRICS = (
     *("clipped_fraction", "uneven_fraction"),
 )
 COLUMNS = (*KEYS, "timesteps", "depth", "layer", "neurons", *METRICS)
+LAYER_TEXT = (*TEXT_COLUMNS, "layer")
 # The bottleneck: the first layer whose rate error exceeds this multiple of the first layer's.
 BOTTLENECK_FACTOR = 2.0
 
@@ -56,17 +61,17 @@ def layer_table(keys: dict[str, Any], rows: Iterable[dict[str, Any]]) -> pd.Data
 
 
 def read_layers(path: Path) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RmpError(
-            f"{path} is not a readable layers table ({str(exc).splitlines()[0]})"
-        ) from None
-    df = with_implied_keys(df)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp layers table")
-    return df
+    """layers.csv, checked like results.csv: its columns, numbers where numbers belong."""
+    text = read_text_file(path)
+    if split_cut_line(text)[1]:
+        raise RmpError(f"{path} ends in a cut line (no newline after it), not a whole table")
+    with parsing(path, "not a readable layers table"):
+        df = pd.read_csv(io.StringIO(text), dtype=dict.fromkeys(LAYER_TEXT, str))
+        df = with_implied_keys(df)
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp layers table")
+        return check_table(df, COLUMNS, LAYER_TEXT, (*KEYS, "timesteps", "depth", "layer"))
 
 
 def append_layers(path: Path, table: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +98,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
     """Per grid point: at the lowest T within 1 point of the ANN (else the largest T), the first
     layer whose rate error exceeds BOTTLENECK_FACTOR x the first layer's, and the worst layer."""
     found = []
+    layers = with_implied_keys(layers)
     by_point = {point_key(g.iloc[0]): g for _, g in layers.groupby(list(AXES), sort=False)}
     for _, point in summarize(with_implied_axes(results)).iterrows():
         group = by_point.get(point_key(point))
@@ -101,6 +107,7 @@ def bottlenecks(results: pd.DataFrame, layers: pd.DataFrame) -> list[dict[str, A
         within = point["first_t_within_1pt"]
         reached = within is not None and not (isinstance(within, float) and math.isnan(within))
         t = int(within) if reached else int(point["max_timesteps"])
+        t -= int(point["presteps"])  # the summary ranks by K + T, the layers are read at T
         at_t = group[group["timesteps"] == t].sort_values("depth")
         if at_t.empty:
             continue

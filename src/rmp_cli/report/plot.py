@@ -13,7 +13,13 @@ import pandas as pd
 from rmp_cli.errors import RmpError
 from rmp_cli.report.figures import FORMATS, save_figure
 from rmp_cli.report.layer_report import LAYERS_FILE, read_layers
-from rmp_cli.report.results import AXES, read_results, with_intervals
+from rmp_cli.report.results import (
+    AXES,
+    read_results,
+    with_implied_axes,
+    with_intervals,
+    with_latency,
+)
 from rmp_cli.report.stats import CONFIDENCE
 
 STEM = "accuracy_vs_timesteps"
@@ -31,7 +37,10 @@ def draw(
     panel with spikes per image and a third with accuracy against the SNN/ANN energy ratio
     (when the tables have it)."""
     fig, (ax_acc, ax_spk, ax_energy) = plt.subplots(1, 3, figsize=(17, 4.6))
+    runs = [(name, with_implied_axes(df)) for name, df in runs]
     all_df = pd.concat([df for _, df in runs])
+    presteps = bool((all_df["presteps"] != 0).any())
+    runs = [(name, with_latency(df)) for name, df in runs]  # x: the latency paid, K + T
     varying = [a for a in AXES if all_df[a].nunique() > 1]
     for name, df in runs:
         prefix = name if len(runs) > 1 else ""
@@ -83,7 +92,9 @@ def draw(
     first = all_df.iloc[0]
     for ax in (ax_acc, ax_spk):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("time-steps T (log2)")
+        ax.set_xlabel(
+            "time-steps K + T, pre-steps included (log2)" if presteps else "time-steps T (log2)"
+        )
         ax.grid(True, which="both", alpha=0.3)
     ax_acc.set_ylabel("top-1 accuracy (%)")
     title = f"{first['dataset']} / {first['model']}: accuracy vs latency"

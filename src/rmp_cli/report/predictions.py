@@ -15,13 +15,13 @@ Rewritten atomically per grid point, before results.csv marks the point done.
 
 from __future__ import annotations
 
-import zipfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.runs.atomic import atomic_write
 
 PREDICTIONS_FILE = "predictions.npz"
@@ -59,33 +59,35 @@ def class_array(values: np.ndarray) -> np.ndarray:
 
 
 def read_predictions(path: Path) -> Predictions:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+    if not path.is_file():
+        raise RmpError(f"no {path.name} in {path.parent}")
+    raw = read_bytes(path)
+    with parsing(path, "not a predictions file of `rmp sweep` or `rmp convert`"):
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+            missing = [name for name in FIELDS if name not in archive.files]
+            if missing:
+                raise RmpError(f"{path} lacks {', '.join(missing)}; not an rmp predictions file")
             arrays = {name: archive[name] for name in FIELDS}
-    except FileNotFoundError:
-        raise RmpError(f"no {path.name} in {path.parent}") from None
-    except KeyError as exc:
-        raise RmpError(f"{path} lacks {exc}; not an rmp predictions file") from None
-    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise RmpError(f"{path} is not a readable predictions file ({exc})") from None
-    except OSError as exc:
-        raise FileFault("cannot read", path, exc) from None
-    p = len(arrays["points"])
-    n, steps = arrays["index"].shape[0], arrays["timesteps"].shape[0]
-    if (
-        arrays["label"].shape != (n,)
-        or arrays["snn"].shape != (p, steps, n)
-        or arrays["ann"].shape != (p, n)
-    ):
-        raise RmpError(f"{path} has arrays of inconsistent shapes; not an rmp predictions file")
-    return Predictions(
-        points=[str(k) for k in arrays["points"]],
-        timesteps=[int(t) for t in arrays["timesteps"]],
-        index=arrays["index"],
-        label=arrays["label"],
-        snn=arrays["snn"],
-        ann=arrays["ann"],
-    )
+        p = len(arrays["points"])
+        n, steps = arrays["index"].shape[0], arrays["timesteps"].shape[0]
+        if (
+            arrays["label"].shape != (n,)
+            or arrays["snn"].shape != (p, steps, n)
+            or arrays["ann"].shape != (p, n)
+            or arrays["points"].ndim != 1
+            or any(a.dtype.kind not in "iu" for k, a in arrays.items() if k != "points")
+        ):
+            raise RmpError(
+                f"{path} has arrays of inconsistent shapes or types; not an rmp predictions file"
+            )
+        return Predictions(
+            points=[str(k) for k in arrays["points"]],
+            timesteps=[int(t) for t in arrays["timesteps"]],
+            index=arrays["index"],
+            label=arrays["label"],
+            snn=arrays["snn"],
+            ann=arrays["ann"],
+        )
 
 
 def write_predictions(path: Path, p: Predictions) -> None:

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.report.paired import Verdict, across_seeds_line, steps_saved, verdict, verdict_line
 from rmp_cli.report.predictions import Predictions
 from rmp_cli.report.seeds import seeds_markdown
 from rmp_cli.report.stats import ALPHA, CONFIDENCE, first_not_below, wilson
 from rmp_cli.runs.atomic import atomic_write_text
 
-AXES = ("reset", "balance", "scale", "v_init", "encoding", "activation", "seed")
-# Columns added after the first release, with the value older results.csv files implied
-# (they come from one run at one seed; 0 is the default).
-LATER_AXES = {"activation": "relu", "seed": 0}
+AXES = (
+    *("reset", "balance", "scale", "v_init", "encoding", "activation", "neuron", "presteps"),
+    "seed",
+)
+# Columns added after the first release, with the value older results.csv files implied.
+# neuron: the spike options (if, signed, burst2, ..., +cos/+srp); presteps: the K pre-steps run
+# before the counted T (its `timesteps`), so the latency paid is presteps + timesteps; seed: older
+# tables come from one run at one seed (0, the default).
+LATER_AXES = {"activation": "relu", "neuron": "if", "presteps": 0, "seed": 0}
 # Per-image statistics (predictions.npz): counts, the Wilson interval (report.confidence),
 # agreement with the ANN and the two-sided exact McNemar p of SNN against ANN.
 STAT_COLUMNS = ("correct", "images", "ci_low", "ci_high", "agreement", "p_vs_ann")
@@ -45,29 +50,105 @@ LATER_COLUMNS = ("analog_macs_per_image", "ann_macs_per_image", "energy_ratio", 
 WITHIN = 0.01  # "within 1 point of the ANN"
 
 
-def read_results(path: Path) -> pd.DataFrame:
+# Columns that name things; every other column of COLUMNS holds numbers (or is empty).
+TEXT_COLUMNS = ("dataset", "model", "reset", "balance", "encoding", "activation", "neuron")
+# Columns every row must fill: a row without them names no grid point.
+KEY_COLUMNS = (*TEXT_COLUMNS, "scale", "v_init", "timesteps", "accuracy")
+
+
+def read_text_file(path: Path) -> str:
+    """A text file rmp wrote; the disk's refusal is `cannot read`, bytes that are no UTF-8 text
+    say so."""
+    raw = read_bytes(path)
+    with parsing(path, "not UTF-8 text", "replace it"):
+        return raw.decode("utf-8")
+
+
+def split_cut_line(text: str) -> tuple[str, str]:
+    """(complete lines, the cut last line or ""): rmp ends every line of its tables with a
+    newline, so a table whose last line lacks it was cut there (by a crash outside rmp)."""
+    if not text or text.endswith("\n"):
+        return text, ""
+    head, _, tail = text.rpartition("\n")
+    return (head + "\n" if head else ""), tail
+
+
+def check_table(
+    df: pd.DataFrame, columns: Sequence[str], text: Sequence[str], keys: Sequence[str]
+) -> pd.DataFrame:
+    """Raise (inside a reader's `parsing` block) unless `df` has `columns`, numbers in every
+    column not in `text`, and no empty cell under `keys`. Numbers pandas left as text become
+    float."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"it lacks columns {', '.join(missing)}")
+    for column in columns:
+        if column in text:
+            df[column] = df[column].astype(object)
+            if not df[column].map(lambda v: isinstance(v, str) or _empty(v)).all():
+                raise ValueError(f"column {column} holds no names")
+            continue
+        if pd.api.types.is_bool_dtype(df[column]):
+            raise ValueError(f"column {column} holds true/false, not numbers")
+        if pd.api.types.is_numeric_dtype(df[column]):
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header line
+            raise ValueError(f"line {row}: {column} is {df[column][bad].iloc[0]!r}, not a number")
+        df[column] = values.astype(float)
+    empty = [c for c in keys if df[c].map(_empty).any()]
+    if empty:
+        raise ValueError(f"a row has no {', '.join(empty)}")
+    if "timesteps" in df.columns and not (df["timesteps"] % 1 == 0).all():
+        raise ValueError("timesteps holds a fraction")
+    return df
+
+
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def read_results(path: Path, *, cut: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """results.csv, checked: every column of COLUMNS of its type, every row naming its point.
+
+    A last line cut by a crash (no newline after it) is an error, unless `cut` is given: then
+    it is left out and `cut(the line)` is told (a resumed sweep recomputes that point)."""
     if not path.is_file():
         raise RmpError(f"no results.csv in {path.parent}; is it a finished `rmp sweep` run dir?")
-    try:
-        df = pd.read_csv(path)
-    except OSError as exc:
-        raise FileFault("cannot read", path, exc) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    text, tail = split_cut_line(read_text_file(path))
+    if tail and cut is None:
         raise RmpError(
-            f"{path} is not a readable results table ({str(exc).splitlines()[0]})"
-        ) from None
-    df = with_implied_axes(df)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
+            f"{path} ends in a cut line ({tail[:40]!r}...); resume its sweep (the same command "
+            "with run_dir=) to repair it"
+        )
+    if not text and cut is not None:  # empty, or not even the header line whole: no rows
+        cut(tail)
+        return pd.DataFrame(columns=COLUMNS)
+    with parsing(path, "not a readable results table"):
+        df = with_implied_axes(
+            pd.read_csv(io.StringIO(text), dtype=dict.fromkeys(TEXT_COLUMNS, str))
+        )
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise RmpError(f"{path} lacks columns {', '.join(missing)}; not an rmp results table")
+        df = check_table(df, COLUMNS, TEXT_COLUMNS, KEY_COLUMNS)
+    if tail and cut is not None:
+        cut(tail)
     return df
 
 
 def with_implied_keys(df: pd.DataFrame) -> pd.DataFrame:
     """Add the axes that tables written before them lack, with the value they implied; rows
-    from before an axis (a sweep resumed across versions) hold it empty: fill them too."""
+    from before an axis (a sweep resumed across versions) hold it empty: fill them too (groupby
+    would drop them)."""
     missing: dict[str, object] = {c: v for c, v in LATER_AXES.items() if c not in df.columns}
-    missing |= {c: df[c].fillna(v) for c, v in LATER_AXES.items() if c in df and df[c].isna().any()}
+    missing |= {
+        c: df[c].fillna(v).astype(type(v))
+        for c, v in LATER_AXES.items()
+        if c in df.columns and df[c].isna().any()
+    }
     return df.assign(**missing) if missing else df
 
 
@@ -79,6 +160,15 @@ def with_implied_axes(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**missing) if missing else df
 
 
+def with_latency(df: pd.DataFrame) -> pd.DataFrame:
+    """`timesteps` as the latency paid, K pre-steps + T: what every summary and headline ranks
+    by (the table itself keeps T and K apart)."""
+    df = with_implied_axes(df)
+    if not (df["presteps"] != 0).any():
+        return df
+    return df.assign(timesteps=df["timesteps"] + df["presteps"].astype(int))
+
+
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
 
@@ -88,8 +178,10 @@ def point_key(row: dict | pd.Series) -> str:
     normalised so a value read back from CSV ('0', '1') names the same point as 0.0, 1.0."""
 
     def norm(axis: str) -> str:
-        value = row[axis]
-        if axis == "seed":
+        value = row.get(axis, math.nan)
+        if axis in LATER_AXES and pd.isna(value):  # a row built before the axis existed
+            value = LATER_AXES[axis]
+        if axis in ("seed", "presteps"):
             return str(int(float(value)))
         return repr(float(value)) if axis in ("scale", "v_init") else str(value)
 
@@ -121,7 +213,7 @@ def summarize(
     the ANN at the largest T, the first T within 1 point of the ANN and, with predictions, the
     first T not significantly below the ANN (one-sided exact McNemar at alpha)."""
     rows = []
-    df = with_implied_axes(df)
+    df = with_latency(df)
     for _, group in df.groupby(list(AXES), sort=False):
         group = group.sort_values("timesteps")
         first = group.iloc[0]
@@ -160,10 +252,12 @@ def _curve(predictions: Predictions | None, group: pd.DataFrame) -> tuple[list[i
     key = point_key(group.iloc[0])
     if key not in predictions.points:
         return None
-    steps = [int(t) for t in group["timesteps"]]
-    if any(t not in predictions.timesteps for t in steps):
+    steps = [int(t) for t in group["timesteps"]]  # the latency K + T (with_latency)
+    presteps = int(group["presteps"].iloc[0]) if "presteps" in group else 0
+    counted = [t - presteps for t in steps]  # the predictions are kept by the counted T
+    if any(t not in predictions.timesteps for t in counted):
         return None
-    rows = [predictions.timesteps.index(t) for t in steps]
+    rows = [predictions.timesteps.index(t) for t in counted]
     return steps, predictions.right(key)[rows]
 
 
@@ -220,8 +314,9 @@ def _pairs(df: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, str, int]
         if len(hard) and len(soft):
             where = ", ".join(f"{a}={v}" for a, v in zip(others, values, strict=False))
             pairs.append((hard, soft, where, int(values[-1])))
-    pairing_axes = ["v_init", "encoding", "activation", "seed"]
-    for (v_init, encoding, _act, seed), group in df.groupby(pairing_axes, sort=False):
+    pairing_axes = ["v_init", "encoding", "activation", "neuron", "presteps", "seed"]
+    for (v_init, encoding, _act, neuron, k, seed), group in df.groupby(pairing_axes, sort=False):
+        options = (f", neuron={neuron}" if neuron != "if" else "") + (f", K={k}" if k else "")
         hard = group[
             (group["reset"] == "hard")
             & (group["balance"] == "spike_norm")
@@ -233,7 +328,7 @@ def _pairs(df: pd.DataFrame) -> list[tuple[pd.DataFrame, pd.DataFrame, str, int]
             if len(hard):
                 where = (
                     f"paper pairing: soft+rmp scale={scale} vs hard+spike_norm "
-                    f"scale=1.0, v_init={v_init}, encoding={encoding}"
+                    f"scale=1.0, v_init={v_init}, encoding={encoding}{options}"
                 )
                 pairs.append((hard, soft, where, int(seed)))
     return pairs
@@ -262,7 +357,7 @@ def verdicts(
     """Per comparison (where): the paired verdict of each seed (None: no predictions), and the
     hard and soft curves of the first seed (for the literal best-against-best figure)."""
     out: dict[str, tuple[dict[int, Verdict | None], list[pd.DataFrame]]] = {}
-    for hard, soft, where, seed in _pairs(with_implied_axes(df)):
+    for hard, soft, where, seed in _pairs(with_latency(df)):
         by_seed, _ = out.setdefault(where, ({}, [hard, soft]))
         by_seed[seed] = _paired_verdict(hard, soft, predictions, alpha, confidence)
     return [(where, by_seed, curves) for where, (by_seed, curves) in out.items()]
@@ -389,6 +484,13 @@ def summary_markdown(
             )
     act_head, act_rule = ("activation | ", "---|") if several else ("", "")
     seed_head, seed_rule = ("seed | ", "---|") if seeds else ("", "")
+    # neuron options and pre-steps as columns where any point uses them
+    options = bool(len(summary)) and bool(
+        (summary["neuron"] != "if").any() or (summary["presteps"] != 0).any()
+    )
+    if options:
+        act_head, act_rule = act_head + "neuron | K | ", act_rule + "---|---|"
+        out.write("T counts the K pre-steps: the latency paid is K + T.\n\n")
     out.write(
         f"| {act_head}{seed_head}reset | balance | scale | v_init | encoding | best acc % "
         f"| {confidence:.0%} CI | first T at best "
@@ -399,6 +501,7 @@ def summary_markdown(
     for _, r in summary.iterrows():
         act = f"{r['activation']} | " if several else ""
         seed = f"{r['seed']} | " if seeds else ""
+        act += f"{r['neuron']} | {int(r['presteps'])} | " if options else ""
         out.write(
             f"| {act}{seed}{r['reset']} | {r['balance']} | {r['scale']:g} | {r['v_init']:g} "
             f"| {r['encoding']} | {pct(r['best_accuracy'])} "

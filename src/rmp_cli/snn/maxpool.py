@@ -10,7 +10,10 @@ accumulated count grows, so after every step
 
     output spike count of a window == largest input spike count in it        (exactly, every T)
 
-and the output rate is the largest input rate. Inputs that are not spikes (currents, sums of
+and the output rate is the largest input rate. Bursts and signed spikes (k * theta, k in -G..G)
+take the same rule: a unit may now take the lead by several spikes at once or lose it by a
+negative one, so the identity above becomes approximate (the output still follows the leading
+unit's rate, and is the same for every chunk size). Inputs that are not spikes (currents, sums of
 spikes of several layers) are gated by their accumulated values, so the output rate tends to the
 largest input rate once one unit stays ahead. Values are accumulated (not counts) so that
 per-channel thresholds and analog inputs are handled by the same rule; float32 sums of one

@@ -24,7 +24,9 @@ from rmp_cli.snn.maxpool import MaxPoolGate
 from rmp_cli.snn.neurons import (
     IFNeuron,
     check_backend,
+    check_max_spikes,
     check_reset,
+    check_signed,
     check_v_init,
     default_backend,
 )
@@ -221,6 +223,57 @@ class SpikingNet(nn.Module):
         self._v_init = check_v_init(value)
         for n in self._neurons:
             n.v_init = self._v_init
+
+    @property
+    def signed(self) -> bool:
+        """Signed spikes with memory (neurons.py); needs the soft reset."""
+        return any(n.signed for n in self._neurons)
+
+    @signed.setter
+    def signed(self, value: bool) -> None:
+        check_signed(value, self._reset)
+        for n in self._neurons:
+            n.signed = value
+
+    @property
+    def max_spikes(self) -> int:
+        """Spikes per step and neuron at most (a burst when > 1)."""
+        return max(n.max_spikes for n in self._neurons)
+
+    @max_spikes.setter
+    def max_spikes(self, value: int) -> None:
+        check_max_spikes(value)
+        for n in self._neurons:
+            n.max_spikes = value
+
+    def calibrate(self, offset: str) -> None:
+        """After the pre-steps: every neuron applies the offset rule (neurons.py), and the
+        network starts afresh (max-pool gates too) for the counted steps."""
+        for n in self._neurons:
+            n.calibrate(offset)
+        for g in self.gates:
+            g.reset_state()
+
+    def spike_source(self, layer: str) -> IFNeuron | None:
+        """The neuron layer whose spikes feed synaptic layer `layer` (walking back over pools,
+        gates and reshapes), None when there is none: it tells a burst's size from its value."""
+        node = next((n for n in self.graph.nodes if str(n.target) == layer), None)
+        seen = 0
+        while isinstance(node, fx.Node) and node.args and seen < 64:
+            node = node.args[0]
+            if not isinstance(node, fx.Node):
+                return None
+            m = node_module(self.module, node)
+            if isinstance(m, IFNeuron):
+                return m
+            if isinstance(m, SYNAPTIC_TYPES):
+                return None
+            seen += 1
+        return None
+
+    def clear_offsets(self) -> None:
+        for n in self._neurons:
+            n.clear_offset()
 
     @property
     def neuron_backend(self) -> str:

@@ -1,7 +1,25 @@
 """Integrate-and-fire neuron (no leak, discrete time) with soft (RMP) or hard reset.
 
 Per step:  m = v + I;  s = m >= theta;  soft: v = m - s*theta;  hard: v = m*(1 - s).
-The output is s*theta, so the next layer keeps the ANN's weights. Multi-step: the neuron receives a
+The output is s*theta, so the next layer keeps the ANN's weights.
+
+Two options generalise the spike, each one rule applied up to G = max_spikes times per step to
+the membrane r (r = m at first; soft reset: v = r afterwards, hard reset: v = m*(1 - [s > 0])):
+    pos = r >= theta;  neg = signed and r <= -theta and n > 0;  d = pos - neg
+    r = r - d*theta;  n = n + d;  s = s + d
+  burst (max_spikes=G > 1, Li & Zeng 2022): s = min(G, floor(m / theta)) spikes in one step, the
+          soft reset subtracting theta for each;
+  signed  (signed=true, the signed neuron with memory of SNM, Wang et al. 2022): n is the net
+          spike count so far; a neuron that has fired more than its input now warrants
+          (r <= -theta) fires a negative spike and takes theta back, never below n = 0. SNM's
+          rule, not a negative spike at r < 0: the threshold is symmetric (a spike either way
+          needs a full theta of charge), so the residuals in (-theta, 0) that a soft reset
+          leaves on any dip of the input do not make a neuron flip between +1 and -1.
+The output is s*theta (s in -G..G); spike counts are counts of |s|. With G = 1 and signed off
+the rule is the plain IF rule above, operation for operation.
+
+Offset calibration (snn.presteps): after K pre-steps `calibrate()` reads the membrane and either
+moves each neuron's starting membrane by one theta (COS) or silences it (SRP); see there. Multi-step: the neuron receives a
 chunk of Tc steps as a flat time-major batch [Tc*B, ...] and loops over time itself; membrane state
 is carried from chunk to chunk until `reset_state()`. A chunk runs as one pass of a fused kernel
 where one can take it (kernels/: Triton on CUDA, a compiled C loop on CPU); the eager loop here
@@ -21,6 +39,9 @@ from rmp_cli.snn.layout import memory_format_of
 
 RESETS = ("soft", "hard")
 BACKENDS = ("auto", "eager", "triton", "cpu")
+OFFSETS = ("cos", "srp")
+# Spikes per step and neuron at most (a burst); the kernels unroll a loop of this length.
+MAX_BURST = 16
 
 
 # --- reset rules: the one line in which hard and soft differ --------------------------------------
@@ -72,6 +93,45 @@ def default_backend() -> str:
     return check_backend(os.environ.get("RMP_NEURON_BACKEND") or "auto")
 
 
+def check_max_spikes(max_spikes: object) -> int:
+    if (
+        isinstance(max_spikes, bool)
+        or not isinstance(max_spikes, int)
+        or not 1 <= max_spikes <= MAX_BURST
+    ):
+        raise RmpError(
+            f"max_spikes (spikes per step and neuron) must be an integer in 1..{MAX_BURST}, "
+            f"got {max_spikes!r}"
+        )
+    return max_spikes
+
+
+def check_signed(signed: object, reset: str) -> bool:
+    if not isinstance(signed, bool):
+        raise RmpError(f"signed must be true or false, got {signed!r}")
+    if signed and reset == "hard":
+        raise RmpError(
+            "signed spikes need the soft reset: a negative spike gives theta back, which a hard "
+            "reset (membrane to zero) would not; use reset=soft"
+        )
+    return signed
+
+
+def check_offset(offset: object, presteps: object) -> str | None:
+    """The pre-step calibration: `offset` cos|srp with `presteps` K >= 1, or none with K = 0."""
+    if isinstance(presteps, bool) or not isinstance(presteps, int) or presteps < 0:
+        raise RmpError(f"presteps must be a non-negative integer, got {presteps!r}")
+    if offset is not None and offset not in OFFSETS:
+        raise RmpError(f"unknown offset '{offset}'; choose one of: {', '.join(OFFSETS)}")
+    if offset is not None and presteps == 0:
+        raise RmpError(f"offset={offset} calibrates on pre-steps; set presteps to 1 or more")
+    if offset is None and presteps > 0:
+        raise RmpError(
+            f"presteps={presteps} needs an offset rule to apply after them: {' or '.join(OFFSETS)}"
+        )
+    return offset
+
+
 def check_v_init(v_init: float) -> float:
     v_init = float(v_init)
     if not 0.0 <= v_init < 1.0:
@@ -101,6 +161,15 @@ class IFNeuron(nn.Module):
         self.last_counts: Tensor | None = None  # spikes per step of the last call, [Tc]
         self.last_output: Tensor | None = None
         self.v: Tensor | None = None
+        self.signed = False  # negative spikes (see the module docstring)
+        self.max_spikes = 1  # spikes per step at most (a burst when > 1)
+        self.net_count: Tensor | None = None  # n, the net spikes so far (signed only)
+        # Pre-step calibration: the per-neuron starting membrane (COS) or 0/1 mask (SRP) that
+        # `calibrate()` set for this batch; the spike charge summed during the pre-steps.
+        self.start: Tensor | None = None
+        self.keep: Tensor | None = None
+        self.tally_presteps = False
+        self.pre_charge: Tensor | None = None
         self.backend = default_backend()
         self._fresh = True
 
@@ -118,7 +187,17 @@ class IFNeuron(nn.Module):
     def extra_repr(self) -> str:
         shape = tuple(self.threshold.shape)
         theta = f"{self.threshold.item():.4g}" if not shape else f"per-channel{list(shape)}"
-        return f"threshold={theta}, reset={self.reset_mode}, v_init={self.v_init}"
+        text = f"threshold={theta}, reset={self.reset_mode}, v_init={self.v_init}"
+        if self.signed:
+            text += ", signed=True"
+        if self.max_spikes > 1:
+            text += f", max_spikes={self.max_spikes}"
+        return text
+
+    @property
+    def plain(self) -> bool:
+        """The plain IF rule: one positive spike at most per step."""
+        return not self.signed and self.max_spikes == 1
 
     def set_threshold(self, theta: Tensor | float) -> None:
         theta = torch.as_tensor(theta, dtype=torch.float32).detach()
@@ -141,6 +220,40 @@ class IFNeuron(nn.Module):
 
     def reset_state(self) -> None:
         self._fresh = True
+
+    def clear_offset(self) -> None:
+        """Forget the calibration of the last batch (a new batch starts its own pre-steps)."""
+        self.start = self.keep = self.pre_charge = None
+
+    def calibrate(self, offset: str) -> None:
+        """After the pre-steps, with the membrane v(K) and the spikes they emitted: the rule of
+        `offset`, then a fresh state for the counted steps.
+          cos (Hao et al., ICLR 2023): a neuron that fired and ends below zero fired one spike
+              too many, one at or above theta one too few: its starting membrane moves down or
+              up by one theta (the shortest shift of the paper's rule, which changes the count
+              over the same steps by exactly one).
+          srp (Hao et al., AAAI 2023): a neuron whose membrane is negative after the pre-steps
+              is silenced for the counted steps (its input is masked to zero).
+        """
+        v = self.v
+        if v is None:
+            raise RmpError(f"neuron '{self.name}' has not run its pre-steps")
+        theta = self._theta(v.dim(), v.shape[1] if v.dim() > 1 else 1)
+        if offset == "srp":
+            self.keep = torch.ge(v, 0).to(v.dtype)
+        elif offset == "cos":
+            charge = self.pre_charge if self.pre_charge is not None else torch.zeros_like(v)
+            fired = torch.gt(charge, theta / 2)  # net spikes >= 1 (their charge is n * theta)
+            lower = (torch.lt(v, 0) & fired).to(v.dtype)
+            higher = torch.ge(v, theta).to(v.dtype)
+            start = (theta * self.v_init).expand_as(v).clone()
+            start.addcmul_(lower, theta.expand_as(v), value=-1)
+            start.addcmul_(higher, theta.expand_as(v))
+            self.start = start
+        else:
+            raise RmpError(f"unknown offset '{offset}'; choose one of: {', '.join(OFFSETS)}")
+        self.pre_charge = None
+        self.reset_state()
 
     def _theta(self, ndim: int, channels: int) -> Tensor:
         theta = self.threshold
@@ -166,7 +279,12 @@ class IFNeuron(nn.Module):
             self.v = torch.empty(
                 shape, dtype=state_dtype(like), device=like.device, memory_format=fmt
             )
-        self.v.copy_((theta * self.v_init).expand(shape))
+        if self.start is not None and self.start.shape == shape:
+            self.v.copy_(self.start)
+        else:
+            self.v.copy_((theta * self.v_init).expand(shape))
+        if self.signed:
+            self.net_count = torch.zeros_like(self.v)
         self._fresh = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,8 +298,12 @@ class IFNeuron(nn.Module):
             )
         shape = torch.Size((batch, *x.shape[1:]))
         theta = self._theta(x.dim(), x.shape[1] if x.dim() > 1 else 1)
+        if self.signed:
+            check_signed(True, self.reset_mode)
         if self._fresh or self.v is None or self.v.shape != shape:
             self._init_state(shape, x, theta)
+        if self.keep is not None:
+            x = self._silence(x, tc, shape)
         # A fresh output each call (callers may keep it); allocation is cheap once the allocator
         # keeps freed blocks (see allocator.py). Time-major, in the input's memory format.
         flat = torch.empty(
@@ -193,7 +315,10 @@ class IFNeuron(nn.Module):
         out = flat.view(tc, *shape)  # splitting the outermost dim is a view in any memory format
         kernel = self._kernel_for(x)
         if kernel is None:
-            self._eager_chunk(x, out, theta, constant)
+            if self.plain:
+                self._eager_chunk(x, out, theta, constant)
+            else:
+                self._eager_general(x, out, theta, constant)
         else:
             from rmp_cli.snn.kernels import fused_chunk
 
@@ -207,9 +332,24 @@ class IFNeuron(nn.Module):
                 hard=self.reset_mode == "hard",
                 constant=constant,
                 count=self.count_spikes,
+                max_spikes=self.max_spikes,
+                net_count=self.net_count if self.signed else None,
             )
+        if self.tally_presteps:
+            charge = out.sum(0)
+            self.pre_charge = charge if self.pre_charge is None else self.pre_charge.add_(charge)
         self.last_output = flat
         return flat
+
+    def _silence(self, x: Tensor, tc: int, shape: torch.Size) -> Tensor:
+        """SRP: the input of silenced neurons set to zero (x * 1 is x exactly elsewhere), in the
+        input's memory format so the fused kernels still take it."""
+        assert self.keep is not None
+        masked = torch.empty_like(x)
+        if x.shape[0] == shape[0]:
+            return torch.mul(x, self.keep, out=masked)
+        torch.mul(x.view(tc, *shape), self.keep, out=masked.view(tc, *shape))
+        return masked
 
     def _kernel_for(self, x: Tensor) -> str | None:
         """The fused kernel for this chunk (None: the eager loop). "auto" takes the device's
@@ -254,9 +394,38 @@ class IFNeuron(nn.Module):
         if not per_step:
             out.mul_(theta)
 
+    def _eager_general(self, x: Tensor, out: Tensor, theta: Tensor, constant: bool) -> None:
+        """The reference for bursts and signed spikes (the module docstring's rule), one step at
+        a time; with max_spikes=1 and signed off it performs the plain rule's operations."""
+        v, (tc, batch) = self.v, out.shape[:2]
+        steps = None if constant else x.reshape(tc, batch, *x.shape[1:])
+        hard = self.reset_mode == "hard"
+        n = self.net_count if self.signed else None
+        d, neg = torch.empty_like(v), torch.empty_like(v)
+        for t in range(tc):
+            s = out[t]
+            s.zero_()
+            v.add_(x if steps is None else steps[t])
+            r = v.clone() if hard else v  # hard reset: the burst is counted on a copy
+            for _ in range(self.max_spikes):
+                torch.ge(r, theta, out=d)  # 1.0 where r >= theta
+                if n is not None:
+                    torch.le(r, -theta, out=neg)
+                    neg.mul_(torch.gt(n, 0))  # memory: never below a net count of zero
+                    d.sub_(neg)
+                    n.add_(d)
+                r.addcmul_(d, theta, value=-1)
+                s.add_(d)
+            if hard:
+                v.addcmul_(v, torch.ne(s, 0).to(v.dtype), value=-1)
+        if self.count_spikes:
+            self.last_counts = sum_per_step(out.abs())
+        out.mul_(theta)  # spikes carry theta
+
     def release(self) -> None:
         """Drop state and buffers (memory) after a simulation."""
-        self.v = self.last_output = self.last_counts = None
+        self.v = self.last_output = self.last_counts = self.net_count = None
+        self.clear_offset()
         self._fresh = True
 
 
@@ -281,6 +450,13 @@ def _count_per_image(spikes: Tensor, out: Tensor) -> None:
         out.copy_(spikes.reshape(spikes.shape[0], -1).count_nonzero(1))
     else:
         torch.sum(spikes, dim=tuple(range(1, spikes.dim())), dtype=out.dtype, out=out)
+
+
+def sum_per_step(values: Tensor) -> Tensor:
+    """Sum per step [Tc] (int64) of a map [Tc, B, ...] of small whole numbers (|spikes| of
+    bursts and signed spikes; float64 sums of them are exact)."""
+    per_image = values.reshape(values.shape[0] * values.shape[1], -1).sum(1, dtype=torch.float64)
+    return per_image.view(values.shape[0], -1).to(torch.int64).sum(1)
 
 
 def count_per_step(values: Tensor) -> Tensor:

@@ -83,20 +83,26 @@ class FanOut:
             deficit[r][:, c].to(device, torch.float32) for r in self.other_rows for c in self.cols
         ]
 
-    def synops_per_step(self, x: Tensor, counts: Tensor, steps: int) -> Tensor:
+    def synops_per_step(
+        self, x: Tensor, counts: Tensor, steps: int, sizes: Tensor | None = None
+    ) -> Tensor:
         """Synaptic operations [steps] (int64) of a chunk x [steps*B, C, ...] of spikes (or any
-        values: a nonzero entry is one event), given its nonzero entries per step `counts`."""
+        values: a nonzero entry is one event), given its events per step `counts`. `sizes`
+        (like x): the events of each entry where one entry may hold several (bursts, signed
+        spikes: |spikes|), else one per nonzero entry."""
         if self.uniform:
             return counts * round(self.f_max)
         if self.rows is None:  # general fallback
-            per_position = torch.ne(x, 0).sum(1, dtype=torch.float32)
+            grid = torch.ne(x, 0) if sizes is None else sizes
+            per_position = grid.sum(1, dtype=torch.float32)
             weighted = (per_position * self.full).flatten(1).sum(1, dtype=torch.float64)
             return weighted.view(steps, -1).sum(1).round().to(torch.int64)
         deficit = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         parts = [(r, slice(None)) for r in self.rows]
         parts += [(r, c) for r in self.other_rows for c in self.cols]
         for (r, c), weights in zip(parts, self.row_deficits + self.col_deficits, strict=True):
-            band = torch.ne(x[:, :, r, c], 0).sum(1, dtype=torch.float32)
+            part = torch.ne(x[:, :, r, c], 0) if sizes is None else sizes[:, :, r, c]
+            band = part.sum(1, dtype=torch.float32)
             deficit += (band * weights).flatten(1).sum(1, dtype=torch.float64)
         total = counts.to(torch.float64) * self.f_max - deficit.view(steps, -1).sum(1)
         return total.round().to(torch.int64)

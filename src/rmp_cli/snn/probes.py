@@ -241,6 +241,7 @@ class UnitState:
     v_init: float  # v0 as a fraction of theta
     theta: Tensor  # threshold (broadcastable)
     ann: Tensor  # ANN activation
+    start: Tensor | None = None  # per-unit initial membrane set by offset calibration (COS)
 
     def discarded(self) -> Tensor:
         """Charge balance: what neither the spikes nor the membrane hold (float64)."""
@@ -274,7 +275,8 @@ def _state_sums(u: UnitState, t: int, reset: str) -> dict[str, Tensor | float]:
     buf, buf2 = torch.empty_like(n), torch.empty_like(n)
     spikes = n.sum(dtype=torch.float64)
     residual_rel = _sum_over_theta(v, theta)
-    balance = spikes + residual_rel - units * u.v_init  # the input charge when nothing is lost
+    start_rel = units * u.v_init if u.start is None else _sum_over_theta(u.start, theta)
+    balance = spikes + residual_rel - start_rel  # the input charge when nothing is lost
     if u.input is not None:
         input_rel = _sum_over_theta(u.input, theta)
     elif reset == "soft":  # soft reset: the charge balance holds with nothing discarded
@@ -372,13 +374,16 @@ class LayerProbe:
             acc = self._input[i]
             if acc is None:
                 acc = self._input[i] = torch.zeros_like(x[:b], dtype=torch.float32)
+            keep = neuron.keep  # SRP: a silenced unit's input never reaches its membrane
             # One add per step, as the membrane integrates: the same float32 sum for any chunking.
             if tc > 1 and x.shape[0] == b:  # a constant current for all tc steps
+                x = x if keep is None else x * keep
                 for _ in range(tc):
                     acc.add_(x)
             else:
                 for t in range(tc):
-                    acc.add_(x[t * b : (t + 1) * b])
+                    step = x[t * b : (t + 1) * b]
+                    acc.add_(step if keep is None else step * keep)
 
         return hook
 
@@ -423,10 +428,11 @@ class LayerProbe:
             input=self._input[i],
             spikes=self._spikes[i],
             v=v,
-            v0=theta * neuron.v_init,
+            v0=theta * neuron.v_init if neuron.start is None else neuron.start,
             v_init=float(neuron.v_init),
             theta=theta,
             ann=self._ann[i],
+            start=neuron.start,
         )
 
     def record(self, t: int) -> None:

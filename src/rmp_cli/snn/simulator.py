@@ -19,7 +19,12 @@ Counts (all per requested T, summed over images; exact integers, so shards merge
             true fan-out (the outputs it reaches: fewer at a padded border, `fan_out_map`). The
             first layer under direct input is analog, computed once per batch, and not counted
             (its multiply-accumulates are `analog_macs`); a pooled entry fed by several spikes
-            counts once.
+            counts once. A burst of k spikes, or a negative spike, is |k| operations per synapse
+            (a pooled entry: ceil(|value| / theta), one for a nonzero average of plain spikes).
+Pre-steps (presteps=K, offset=cos|srp): every batch first runs K steps whose readout is
+discarded; the neurons then apply the offset rule (neurons.py) and the counted T starts afresh.
+The latency paid is K + T, and the spikes and synaptic operations of the K pre-steps are added
+to those of every T: they are energy spent.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from rmp_cli.errors import RmpError
 from rmp_cli.snn.allocator import keep_freed_memory
 from rmp_cli.snn.encoding import batch_generator, check_encoding, poisson_spikes
 from rmp_cli.snn.network import ExecutionPlan, SpikingNet
-from rmp_cli.snn.neurons import IFNeuron, count_per_step
+from rmp_cli.snn.neurons import IFNeuron, check_offset, count_per_step, sum_per_step
 from rmp_cli.snn.opcount import FanOut, MacCounter
 from rmp_cli.snn.probes import LayerProbe, LayerStats
 
@@ -63,6 +68,7 @@ class SimResult:
     layers: LayerStats | None = None  # per-layer diagnostics (simulate(layer_stats=True))
     # [nT, num_images] int16: each image's predicted class at each T, in the order simulated
     predictions: Tensor | None = None
+    presteps: int = 0  # K pre-steps ran before the counted T (their counts are included)
 
     def _index(self, t: int) -> int:
         try:
@@ -84,6 +90,7 @@ class SimResult:
             rows.append(
                 {
                     "timesteps": t,
+                    "presteps": self.presteps,
                     "accuracy": self.correct[1][i] / n if 1 in self.correct else None,
                     "top5": self.correct[5][i] / n if 5 in self.correct else None,
                     "spikes_per_image": spikes / n,
@@ -100,6 +107,7 @@ class SimResult:
             or set(other.correct) != set(self.correct)
             or list(other.spikes_per_layer) != list(self.spikes_per_layer)
             or (self.layers is None) != (other.layers is None)
+            or self.presteps != other.presteps
         ):
             raise RmpError(
                 "cannot merge simulation results with different time-steps, top-k or layers"
@@ -126,6 +134,7 @@ class SimResult:
                 if self.predictions is not None and other.predictions is not None
                 else None
             ),
+            presteps=self.presteps,
         )
 
 
@@ -142,6 +151,8 @@ class BatchTrace:
     spike_counts: Tensor | None  # [nT, B, K] readout-neuron spike counts (readout="spikes")
     layer_spikes: Tensor  # [L, T_max] spikes per step per neuron layer (summed over the batch)
     layer_events: Tensor  # [S, T_max] synaptic operations per step per spike-fed synaptic layer
+    pre_spikes: Tensor | None = None  # [L] spikes of the pre-steps per neuron layer
+    pre_events: Tensor | None = None  # [S] synaptic operations of the pre-steps
 
 
 # --- argument checks -----------------------------------------------------------------------------
@@ -191,7 +202,8 @@ class ChunkedRun:
     allow_tf32: let CUDA convolutions/matmuls round inputs to TF32 (faster, less exact).
     precision: fp32 (exact float32 network) | bf16 | fp16: synaptic currents (convolutions,
     linear layers) under autocast in that format; spikes (0/1) are exact in it, weights and
-    currents are rounded (fp16: 11-bit, bf16: 8-bit significand), membranes stay float32."""
+    currents are rounded (fp16: 11-bit, bf16: 8-bit significand), membranes stay float32.
+    presteps, offset: K pre-steps per batch, then the offset rule ("cos" | "srp"; neurons.py)."""
 
     def __init__(
         self,
@@ -208,8 +220,12 @@ class ChunkedRun:
         allow_tf32: bool = False,
         precision: str = "fp32",
         probe: LayerProbe | None = None,
+        presteps: int = 0,
+        offset: str | None = None,
     ) -> None:
         self.net = net
+        self.offset = check_offset(offset, presteps)
+        self.presteps = presteps
         if precision not in PRECISIONS:
             raise RmpError(
                 f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}"
@@ -237,6 +253,12 @@ class ChunkedRun:
             n.count_spikes = count_spikes
         self.synaptic = self.plan.spike_fed if count_synops else []
         self.fan_outs: list[FanOut | None] = [None] * len(self.synaptic)  # set on first use
+        # Bursts and signed spikes: an entry holds |value| / theta events of its source neuron.
+        self.sources = (
+            [net.spike_source(name) for name, _ in self.synaptic]
+            if any(not n.plain for n in net.neurons)
+            else [None] * len(self.synaptic)
+        )
         self.analog_macs: float | None = None  # per image, of the layers run once (direct input)
         self._hooks = [
             m.register_forward_hook(self._synops_hook(i)) for i, (_, m) in enumerate(self.synaptic)
@@ -317,10 +339,15 @@ class ChunkedRun:
                 ),
                 None,
             )
+            source, sizes = self.sources[index], None
+            if source is not None and not source.plain:
+                sizes = event_sizes(x, source.threshold)
+                if counts is None:
+                    counts = sum_per_step(sizes.view(self._tc, self._batch, *x.shape[1:]))
             if counts is None:  # input is pooled/reshaped spikes: count it here
                 nonzero = torch.ne(x, 0, out=torch.empty_like(x))
                 counts = count_per_step(nonzero.view(self._tc, self._batch, *x.shape[1:]))
-            counts = fan.synops_per_step(x, counts, self._tc)
+            counts = fan.synops_per_step(x, counts, self._tc, sizes)
             assert self._events is not None
             self._events[index, self._t0 : self._t0 + self._tc] += counts
 
@@ -349,10 +376,13 @@ class ChunkedRun:
         stops = [t for t in probe.timesteps if t <= t_max] if probe is not None else []
         if stops and stops[-1] != t_max:
             stops.append(t_max)
-        room = t_max + self.chunk
+        k = self.presteps
+        room = k + t_max + self.chunk
         spikes = torch.zeros(len(net.neurons), room, dtype=torch.int64, device=self.device)
         self._events = torch.zeros(len(self.synaptic), room, dtype=torch.int64, device=self.device)
-        self.layer_spikes, self.layer_events = spikes[:, :t_max], self._events[:, :t_max]
+        self.layer_spikes, self.layer_events = spikes[:, k : k + t_max], self._events[:, k:]
+        self.layer_events = self.layer_events[:, :t_max]
+        self.pre_spikes, self.pre_events = spikes[:, :k].sum(1), self._events[:, :k].sum(1)
         spiking_input = self.encoding == "poisson"
         if spiking_input:
             gen = batch_generator(self.seed, batch_index, self.device)
@@ -364,6 +394,10 @@ class ChunkedRun:
                 constants = plan.run_stem(x)
             if counter is not None:
                 self.analog_macs = counter.macs
+        net.clear_offsets()
+        if k:
+            gen_or_none = gen if spiking_input else None
+            self._presteps(x, constants if not spiking_input else None, gen_or_none, spikes)
         if probe is not None:
             # The ANN activations of this batch, once; the analog pass shares the synaptic layers,
             # whose counting hooks must not see it.
@@ -377,7 +411,7 @@ class ChunkedRun:
             tc = self.chunk if pad else min(self.chunk, t_max - t0)
             if stops:
                 tc = min(tc, next(t for t in stops if t > t0) - t0)
-            self._t0, self._tc, self._batch = t0, tc, batch
+            self._t0, self._tc, self._batch = k + t0, tc, batch
             net.configure(tc, batch, plan)
             for n in net.neurons:
                 n.last_output = n.last_counts = None
@@ -390,7 +424,7 @@ class ChunkedRun:
             if self.count_spikes:
                 for i, n in enumerate(net.neurons):
                     if n.last_counts is not None:
-                        spikes[i, t0 : t0 + tc] += n.last_counts
+                        spikes[i, k + t0 : k + t0 + tc] += n.last_counts
             if probe is not None and out is not None:
                 probe.record(t0 + tc)
             valid = min(tc, t_max - t0)
@@ -400,6 +434,61 @@ class ChunkedRun:
             t0 += tc
         if probe is not None:
             probe.end()
+
+    def _presteps(
+        self, x: Tensor, constants: tuple[Tensor, ...] | None, gen: Any, spikes: Tensor
+    ) -> None:
+        """K steps whose output is discarded (counted as spikes and operations in columns
+        [0, K)), then the offset rule and a fresh state for the counted steps. The chunks end
+        at K exactly, so the calibration never depends on the chunk or T."""
+        net, plan, batch, k = self.net, self.plan, x.shape[0], self.presteps
+        for n in net.neurons:
+            n.tally_presteps = True
+        try:
+            t0 = 0
+            while t0 < k:
+                tc = min(self.chunk, k - t0)
+                self._t0, self._tc, self._batch = t0, tc, batch
+                net.configure(tc, batch, plan)
+                for n in net.neurons:
+                    n.last_output = n.last_counts = None
+                if constants is None:
+                    inputs: tuple[Tensor, ...] = (poisson_spikes(x, tc, self.poisson_scale, gen),)
+                else:
+                    inputs = constants
+                with self._autocast():
+                    plan.body(*inputs)
+                if self.count_spikes:
+                    for i, n in enumerate(net.neurons):
+                        if n.last_counts is not None:
+                            spikes[i, t0 : t0 + tc] += n.last_counts
+                t0 += tc
+        finally:
+            for n in net.neurons:
+                n.tally_presteps = False
+        assert self.offset is not None
+        net.calibrate(self.offset)
+        self.pre_spikes = spikes[:, :k].sum(1)
+        assert self._events is not None
+        self.pre_events = self._events[:, :k].sum(1)
+
+
+def event_sizes(x: Tensor, theta: Tensor) -> Tensor:
+    """The events each entry of a burst or signed spike map carries: ceil(|x| / theta), so k for
+    a burst of k (or k negative spikes) and, as for plain spikes, one for any nonzero pooled
+    average of fewer than theta (x: the source neuron's output, pooled or flattened; theta one
+    per layer or per channel). The margin absorbs the rounding of x / theta."""
+    size = x.abs()
+    if theta.dim() == 0:
+        size.div_(theta)
+    elif x.dim() > 1 and x.shape[1] == theta.numel():
+        size.div_(theta.view(-1, *([1] * (x.dim() - 2))))
+    else:  # flattened [N, C*...] features of a per-channel layer: channel-major (logical order)
+        size = size.reshape(x.shape[0], theta.numel(), -1).div_(theta.view(-1, 1)).view(x.shape)
+    return size.sub_(_SIZE_MARGIN).ceil_().clamp_(min=0)
+
+
+_SIZE_MARGIN = 1e-4  # far above float32 rounding, far below 1 / (largest pooling window)
 
 
 # --- scoring -------------------------------------------------------------------------------------
@@ -478,6 +567,8 @@ def run_batch(
         spike_counts=torch.stack(spike_counts) if spike_counts else None,
         layer_spikes=layer_spikes,
         layer_events=run.layer_events,
+        pre_spikes=run.pre_spikes if run.presteps else None,
+        pre_events=run.pre_events if run.presteps else None,
     )
 
 
@@ -500,18 +591,23 @@ def simulate(
     allow_tf32: bool = False,
     precision: str = "fp32",
     layer_stats: bool = False,
+    presteps: int = 0,
+    offset: str | None = None,
 ) -> SimResult:
     """Simulate `net` on (images, labels) batches ONCE to max(timesteps) and score every T.
 
     top-k with k > 1 is scored only when the net has more than 10 classes. `progress(images_done)`
     is called after each batch. `layer_stats`: per-layer diagnostics at every T in
-    `SimResult.layers` (see probes.py). Prints nothing."""
+    `SimResult.layers` (see probes.py). `presteps` K with `offset` cos|srp: K pre-steps per
+    batch before the counted T (see the module docstring). Prints nothing."""
     wanted = check_timesteps(timesteps)
     if readout not in READOUTS:
         raise RmpError(f"unknown readout '{readout}'; choose one of: {', '.join(READOUTS)}")
     ks = sorted({check_positive_int("top-k", k) for k in topk} | {1})
     tic = time.perf_counter()
     num_images, num_classes = 0, 0
+    pre_spikes: Tensor | int = 0
+    pre_events: Tensor | int = 0
     correct: Tensor | None = None
     spikes_total: Tensor | None = None
     events_total: Tensor | None = None
@@ -531,6 +627,8 @@ def simulate(
             allow_tf32=allow_tf32,
             precision=precision,
             probe=probe,
+            presteps=presteps,
+            offset=offset,
         ) as run,
     ):
         for batch_index, (x, y) in enumerate(batches):
@@ -555,6 +653,9 @@ def simulate(
                 correct[j] += (rank < k).sum(-1)
             spikes_total += trace.layer_spikes
             events_total += trace.layer_events
+            if trace.pre_spikes is not None and trace.pre_events is not None:
+                pre_spikes = pre_spikes + trace.pre_spikes
+                pre_events = pre_events + trace.pre_events
             num_images += x.shape[0]
             if progress is not None:
                 progress(num_images)
@@ -567,7 +668,13 @@ def simulate(
         spikes_total = torch.zeros(len(names), wanted[-1], dtype=torch.int64)
         events_total = torch.zeros(len(run.synaptic), wanted[-1], dtype=torch.int64)
     spikes_at = spikes_total.cpu().cumsum(1)[:, index]
-    synops = events_total.cpu().sum(0).cumsum(0)[index].tolist()
+    synops_at = events_total.cpu().sum(0).cumsum(0)[index]
+    if isinstance(pre_spikes, Tensor) and isinstance(pre_events, Tensor):
+        # the pre-steps' spikes and operations are spent at every T (readout neuron: none)
+        pre = pre_spikes.cpu()
+        spikes_at[: pre.numel()] += pre[:, None]
+        synops_at = synops_at + pre_events.cpu().sum()
+    synops = synops_at.tolist()
     return SimResult(
         timesteps=wanted,
         num_images=num_images,
@@ -583,4 +690,5 @@ def simulate(
             if predictions
             else torch.zeros(len(wanted), 0, dtype=torch.int16)
         ),
+        presteps=presteps,
     )

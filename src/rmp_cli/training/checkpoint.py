@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,18 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rmp_cli.config import from_container, to_container
-from rmp_cli.errors import FileFault, RmpError
+from rmp_cli.errors import RmpError, parsing, reason_of
 from rmp_cli.models.sources import build_from_config
 from rmp_cli.runs.atomic import atomic_torch_save
 
 FORMAT = "rmp-ann-v1"
 # model.* keys that only say how to initialise a net, not which net it is.
 INIT_ONLY_KEYS = ("weights",)
+MAX_INPUT_ELEMENTS = 3 * 4096 * 4096  # a bound on an image's values, far beyond any dataset's
+EXPECTED = {
+    "checkpoint": "expected a model.pt or last.pt written by `rmp train`",
+    "weights file": "expected a state_dict saved with torch.save",
+}
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
@@ -42,26 +46,55 @@ def model_from_last(last: dict[str, Any]) -> dict[str, Any]:
 
 
 def _torch_load(path: Path, what: str) -> Any:
-    """torch.load with weights_only=True; every failure is one line naming the file."""
+    """torch.load with weights_only=True; any failure to parse is one line naming the file."""
     if not path.is_file():
         raise RmpError(f"{what} not found: {path}")
-    try:
+    expected = EXPECTED.get(what, "")
+    with parsing(path, "corrupt or not a torch file", expected, label=what):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        if exc.errno is not None:  # the disk's complaint, not torch's about the contents
-            raise FileFault("cannot read", path, exc) from None
-        raise RmpError(f"{what} {path} is corrupt or not a torch file ({exc})") from None
-    except (
-        RuntimeError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        EOFError,
-        ValueError,
-        AttributeError,
-        TypeError,
-    ) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RmpError(f"{what} {path} is corrupt or not a torch file ({reason[:120]})") from None
+
+
+def _is_state_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_payload(data: Any, path: Path, kind: str) -> None:
+    """What the rest of rmp reads from a checkpoint is there, of its type and of a size the
+    weights agree with."""
+    expected = f"expected a {kind}.pt written by `rmp train`"
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "state_dict" not in data:
+        raise RmpError(f"{path} is not an rmp checkpoint ({expected})")
+    state, config = data["state_dict"], data.get("config")
+    classes, shape = data.get("num_classes"), data.get("input_shape")
+    problems = []
+    if not _is_state_dict(state):
+        problems.append("its state_dict is not parameter names mapped to tensors")
+    if not isinstance(config, dict) or not all(
+        isinstance(config.get(g), dict) for g in ("model", "dataset")
+    ):
+        problems.append("its config is not a mapping with model and dataset groups")
+    if not _count(classes):
+        problems.append("num_classes is not a positive integer")
+    elif _is_state_dict(state) and not any(classes in t.shape for t in state.values()):
+        # The classifier's weights have a dimension of num_classes: a damaged count is refused
+        # here, before a net with 2**40 outputs is allocated to find out.
+        problems.append(f"no weight has a dimension of num_classes={classes}")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(map(_count, shape)):
+        problems.append("input_shape is not three positive integers")
+    elif math.prod(shape) > MAX_INPUT_ELEMENTS:
+        problems.append(f"input_shape {list(shape)} is larger than any image rmp reads")
+    if (data.get("kind") == "last" or kind == "last") and not isinstance(data.get("epoch"), int):
+        problems.append("its epoch is not an integer")
+    if problems:
+        raise RmpError(f"{path} is a damaged rmp checkpoint: {'; '.join(problems)} ({expected})")
 
 
 def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str, Any]:
@@ -70,11 +103,9 @@ def load_checkpoint(path: str | Path | None, *, kind: str = "model") -> dict[str
         raise RmpError(f"no checkpoint given; pass ckpt=PATH to a {kind}.pt written by `rmp train`")
     path = Path(str(path))
     data = _torch_load(path, "checkpoint")
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "state_dict" not in data:
-        raise RmpError(
-            f"{path} is not an rmp checkpoint (expected a {kind}.pt written by `rmp train`)"
-        )
-    data["config"] = from_container(data["config"])
+    _check_payload(data, path, kind)
+    with parsing(path, "a damaged rmp checkpoint: its config cannot be read", label="checkpoint"):
+        data["config"] = from_container(data["config"])
     data["path"] = path
     return data
 
@@ -88,11 +119,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
             break
-    if (
-        not isinstance(data, dict)
-        or not data
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
-    ):
+    if not _is_state_dict(data):
         raise RmpError(
             f"weights file {path} holds no state_dict (expected parameter names mapped to "
             "tensors, or a dict with one under 'state_dict' or 'model')"
@@ -119,7 +146,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
             problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
     if problems:
         raise RmpError(f"weights {source} do not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state)
+    try:  # the names and shapes fit; what is left to refuse is the file's (a complex dtype)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise RmpError(f"weights {source} do not fit the model ({reason_of(exc)})") from None
 
 
 def check_same_model(

@@ -18,7 +18,7 @@ from torch import nn
 
 from rmp_cli.data import build_data
 from rmp_cli.data.device_loader import BatchSource, check_setting
-from rmp_cli.errors import RmpError
+from rmp_cli.errors import RmpError, reason_of
 from rmp_cli.models.sources import describe
 from rmp_cli.runs import distributed as dist
 from rmp_cli.runs.atomic import atomic_write_text
@@ -166,6 +166,37 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The optimizer state of a last.pt: the last of the file's values to meet the model, so
+    the boundary of the last.pt reader ends here (a damaged state is refused by name)."""
+    fresh = [dict(group) for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        for before, group in zip(fresh, optimizer.param_groups, strict=True):
+            for key, value in before.items():  # lr, momentum, nesterov... of the same kinds
+                if key != "params" and not _same_kind(value, group.get(key)):
+                    raise ValueError(f"its {key} is {group.get(key)!r}")
+            for param in group["params"]:
+                for key, value in optimizer.state.get(param, {}).items():
+                    if value is not None and (
+                        not isinstance(value, torch.Tensor) or value.shape != param.shape
+                    ):
+                        raise ValueError(f"its {key} does not have the parameter's shape")
+    except Exception as exc:
+        raise RmpError(
+            f"{state.get('path', 'last.pt')} is a damaged last.pt: its optimizer state does "
+            f"not fit the model ({reason_of(exc)}); start a new run"
+        ) from None
+
+
+def _same_kind(fresh: Any, loaded: Any) -> bool:
+    if fresh is None or isinstance(fresh, bool):
+        return loaded is None or isinstance(loaded, bool)
+    if isinstance(fresh, (int, float)):
+        return isinstance(loaded, (int, float)) and not isinstance(loaded, bool)
+    return type(loaded) is type(fresh)
+
+
 def train(
     cfg: DictConfig,
     run: RunDir,
@@ -199,7 +230,7 @@ def train(
     rows: list[dict[str, Any]] = []
     start_epoch = 1
     if resume_state is not None:
-        model.load_state_dict(resume_state["state_dict"])
+        load_weights(model, resume_state["state_dict"], f"in {resume_state.get('path', 'last.pt')}")
     elif cfg.get("weights"):  # fine-tuning weights trained elsewhere (e.g. with model.pool=avg)
         load_weights(model, read_state_dict(cfg.weights), cfg.weights)
         log.info("initialised from %s", cfg.weights)
@@ -225,7 +256,7 @@ def train(
             f"dataset.batch_size={cfg.dataset.batch_size} is smaller than the {world} ranks"
         )
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_optimizer(optimizer, resume_state)
         rows = list(resume_state["metrics"])
         start_epoch = int(resume_state["epoch"]) + 1
         log.info("resuming after epoch %d of %d", start_epoch - 1, t.epochs)

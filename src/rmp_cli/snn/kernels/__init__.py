@@ -5,7 +5,8 @@
   cpu     cpu_if.py: a C loop compiled on first use, used on CPU
 
 The neuron's eager loop stays the reference and the fallback; the tests hold both kernels
-bit-identical to it (spikes, membranes, counts). A kernel module is imported only when it runs,
+bit-identical to it (spikes, membranes, counts), bursts and signed spikes included (both
+kernels take every neuron option; SRP's silencing masks the currents before the kernel). A kernel module is imported only when it runs,
 so installs without Triton or without a C compiler never touch it.
 """
 
@@ -91,16 +92,31 @@ def fused_chunk(
     hard: bool,
     constant: bool,
     count: bool,
+    max_spikes: int = 1,
+    net_count: Tensor | None = None,
 ) -> Tensor | None:
     """Run Tc = `steps` steps of currents x (flat [Tc*B, ...], or [B, ...] when `constant`)
     through membrane v in place, spikes x theta into out ([Tc, B, ...]); returns the spikes per
-    step [Tc] (int64) when `count`. `refusal(kernel, ...)` must have said yes."""
+    step [Tc] (int64) when `count` (of |spikes|: a burst of 3 counts 3). Bursts of up to
+    `max_spikes` spikes, and signed spikes with `net_count` (n, float32 like v, updated in place),
+    follow neurons.py's general rule. `refusal(kernel, ...)` must have said yes."""
     batch = v.shape[0]
     if kernel == "cpu":
         from rmp_cli.snn.kernels import cpu_if
 
         counts = torch.zeros(steps, batch, dtype=torch.int64) if count else None
-        cpu_if.run_chunk(x, v, theta, out, counts, steps=steps, hard=hard, constant=constant)
+        cpu_if.run_chunk(
+            x,
+            v,
+            theta,
+            out,
+            counts,
+            steps=steps,
+            hard=hard,
+            constant=constant,
+            max_spikes=max_spikes,
+            net_count=net_count,
+        )
     else:
         from rmp_cli.snn.kernels import triton_if
 
@@ -117,5 +133,7 @@ def fused_chunk(
             constant=constant,
             channels=channels,
             inner=inner,
+            max_spikes=max_spikes,
+            net_count=net_count,
         )
     return None if counts is None else counts.sum(1)

@@ -65,6 +65,82 @@ SOURCE = r"""
         }                                                                                    \
     }
 
+/* Bursts and signed spikes (neurons.py's general rule, operation for operation): up to
+   max_spikes spikes of either sign per step, n the net count so far (signed only). */
+#define IF_ITEM_GENERAL(THETA, CURRENT)                                                      \
+    for (int64_t t = 0; t < steps; t++) {                                                    \
+        const int64_t in = constant ? 0 : t * n, at = t * n;                                 \
+        for (int64_t s0 = e0, s1; s0 < e1; s0 = s1) {                                        \
+            const int64_t b = s0 / frame, base = b * frame;                                  \
+            s1 = base + frame < e1 ? base + frame : e1;                                      \
+            int32_t fired = 0;                                                               \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                const float th = THETA(e);                                                   \
+                const float m = v[e] + CURRENT(in + e);                                      \
+                float r = m, sc = 0.0f, nn = signed_ ? net[e] : 0.0f;                        \
+                for (int64_t k = 0; k < max_spikes; k++) {                                   \
+                    float d = r >= th ? 1.0f : 0.0f;                                         \
+                    if (signed_) {                                                           \
+                        const float neg = (r <= -th) && (nn > 0.0f) ? 1.0f : 0.0f;           \
+                        d = d - neg;                                                         \
+                        nn = nn + d;                                                         \
+                    }                                                                        \
+                    r = r - d * th;                                                          \
+                    sc = sc + d;                                                             \
+                }                                                                            \
+                if (signed_) net[e] = nn;                                                    \
+                v[e] = hard ? m - m * (sc != 0.0f ? 1.0f : 0.0f) : r;                        \
+                out[at + e] = sc * th;                                                       \
+                fired += (int32_t)(sc < 0.0f ? -sc : sc);                                    \
+            }                                                                                \
+            if (counts) {                                                                    \
+                _Pragma("omp atomic")                                                        \
+                counts[t * batch + b] += fired;                                              \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+/* The same rule for the soft reset, pass by pass over an image segment (in cache): one pass
+   integrates, each of the max_spikes passes fires at most one spike of either sign, the last
+   one counts and scales; every pass vectorises, where the per-neuron loop above does not.
+   out holds the spike count s until the last pass. */
+#define IF_ITEM_PASSES(THETA, CURRENT, SIGNED)                                               \
+    for (int64_t t = 0; t < steps; t++) {                                                    \
+        const int64_t in = constant ? 0 : t * n, at = t * n;                                 \
+        for (int64_t s0 = e0, s1; s0 < e1; s0 = s1) {                                        \
+            const int64_t b = s0 / frame, base = b * frame;                                  \
+            s1 = base + frame < e1 ? base + frame : e1;                                      \
+            float *restrict o = out + at;                                                    \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                v[e] = v[e] + CURRENT(in + e);                                               \
+                o[e] = 0.0f;                                                                 \
+            }                                                                                \
+            for (int64_t k = 0; k < max_spikes; k++) {                                       \
+                for (int64_t e = s0; e < s1; e++) {                                          \
+                    const float th = THETA(e), r = v[e];                                     \
+                    float d = r >= th ? 1.0f : 0.0f;                                         \
+                    if (SIGNED) {                                                            \
+                        const float neg = (r <= -th) && (net[e] > 0.0f) ? 1.0f : 0.0f;       \
+                        d = d - neg;                                                         \
+                        net[e] = net[e] + d;                                                 \
+                    }                                                                        \
+                    v[e] = r - d * th;                                                       \
+                    o[e] = o[e] + d;                                                         \
+                }                                                                            \
+            }                                                                                \
+            int32_t fired = 0;                                                               \
+            for (int64_t e = s0; e < s1; e++) {                                              \
+                const float sc = o[e];                                                       \
+                fired += (int32_t)(sc < 0.0f ? -sc : sc);                                    \
+                o[e] = sc * THETA(e);                                                        \
+            }                                                                                \
+            if (counts) {                                                                    \
+                _Pragma("omp atomic")                                                        \
+                counts[t * batch + b] += fired;                                              \
+            }                                                                                \
+        }                                                                                    \
+    }
+
 /* the layer's threshold in a local: read through a pointer, it blocks vectorisation */
 #define LAYER_THETA(e) layer_theta
 #define FRAME_THETA(e) theta[(e) - base]
@@ -78,8 +154,9 @@ static inline float bf16_to_f32(uint16_t h) {
 }
 
 void if_chunk(float *restrict v, const void *restrict x, const float *restrict theta,
-              float *restrict out, int64_t *restrict counts, int64_t batch, int64_t frame,
-              int64_t steps, int64_t block, int constant, int hard, int per_neuron, int bf16)
+              float *restrict out, int64_t *restrict counts, float *restrict net,
+              int64_t batch, int64_t frame, int64_t steps, int64_t block, int64_t max_spikes,
+              int constant, int hard, int per_neuron, int bf16, int signed_)
 {
     const int64_t n = batch * frame, items = (n + block - 1) / block;
     const float layer_theta = theta[0];
@@ -88,7 +165,24 @@ void if_chunk(float *restrict v, const void *restrict x, const float *restrict t
     for (int64_t w = 0; w < items; w++) {
         const int64_t e0 = w * block, e1 = e0 + block < n ? e0 + block : n;
         /* one specialised loop per case, so the inner loop has no branches to vectorise */
-        if (bf16) {
+        if (hard && max_spikes > 1) {
+            if (bf16) { if (per_neuron) { IF_ITEM_GENERAL(FRAME_THETA, BF16) }
+                        else            { IF_ITEM_GENERAL(LAYER_THETA, BF16) } }
+            else      { if (per_neuron) { IF_ITEM_GENERAL(FRAME_THETA, F32) }
+                        else            { IF_ITEM_GENERAL(LAYER_THETA, F32) } }
+        } else if (max_spikes > 1 || signed_) { /* soft reset (signed needs it) */
+            if (bf16) {
+                if (per_neuron) { if (signed_) { IF_ITEM_PASSES(FRAME_THETA, BF16, 1) }
+                                  else         { IF_ITEM_PASSES(FRAME_THETA, BF16, 0) } }
+                else            { if (signed_) { IF_ITEM_PASSES(LAYER_THETA, BF16, 1) }
+                                  else         { IF_ITEM_PASSES(LAYER_THETA, BF16, 0) } }
+            } else {
+                if (per_neuron) { if (signed_) { IF_ITEM_PASSES(FRAME_THETA, F32, 1) }
+                                  else         { IF_ITEM_PASSES(FRAME_THETA, F32, 0) } }
+                else            { if (signed_) { IF_ITEM_PASSES(LAYER_THETA, F32, 1) }
+                                  else         { IF_ITEM_PASSES(LAYER_THETA, F32, 0) } }
+            }
+        } else if (bf16) {
             if (per_neuron) { if (hard) { IF_ITEM(FRAME_THETA, BF16, 1) }
                               else      { IF_ITEM(FRAME_THETA, BF16, 0) } }
             else            { if (hard) { IF_ITEM(LAYER_THETA, BF16, 1) }
@@ -168,7 +262,7 @@ def library() -> ctypes.CDLL | None:
         log.warning("CPU neuron kernel unavailable: %s", exc)
         return None
     fn = lib.if_chunk
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 4
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 5 + [ctypes.c_int] * 5
     fn.restype = None
     return lib
 
@@ -190,6 +284,8 @@ def run_chunk(
     steps: int,
     hard: bool,
     constant: bool,
+    max_spikes: int = 1,
+    net_count: Tensor | None = None,
 ) -> None:
     """As triton_if.run_chunk, with counts as [steps, B] int64 zeros; x float32 or bfloat16."""
     lib = library()
@@ -203,12 +299,15 @@ def run_chunk(
         thresholds.data_ptr(),
         out.data_ptr(),
         None if counts is None else counts.data_ptr(),
+        None if net_count is None else net_count.data_ptr(),
         batch,
         v.numel() // batch,
         steps,
         BLOCK,
+        max_spikes,
         int(constant),
         int(hard),
         int(per_neuron),
         int(x.dtype == torch.bfloat16),
+        int(net_count is not None),
     )

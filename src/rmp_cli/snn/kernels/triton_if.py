@@ -38,6 +38,7 @@ def if_chunk_kernel(
     theta_ptr,  # [1] or [channels], float32
     out_ptr,  # spikes x theta [Tc, B, F], float32
     counts_ptr,  # spikes per (step, image) [Tc, B], int32, zeroed by the caller
+    net_ptr,  # net spike count n [B, F], float32 (SIGNED only)
     frame,  # F: neurons per image
     batch,  # B
     steps,  # Tc
@@ -48,6 +49,8 @@ def if_chunk_kernel(
     PER_CHANNEL: tl.constexpr,
     COUNT: tl.constexpr,
     BLOCK: tl.constexpr,
+    MAX_SPIKES: tl.constexpr,
+    SIGNED: tl.constexpr,
 ):
     image = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -62,6 +65,8 @@ def if_chunk_kernel(
     x_at = x_ptr + index
     out_at = out_ptr + index
     count_at = counts_ptr + image
+    if SIGNED:
+        net = tl.load(net_ptr + index, mask=inside, other=0.0)
     if CONSTANT:
         current = tl.load(x_at, mask=inside, other=0.0).to(tl.float32)
     for _ in range(steps):
@@ -69,15 +74,36 @@ def if_chunk_kernel(
             current = tl.load(x_at, mask=inside, other=0.0).to(tl.float32)
             x_at += step_size
         v = v + current
-        fired = (v >= theta) & inside
-        s = fired.to(tl.float32)
-        v = v - v * s if HARD else v - s * theta
-        tl.store(out_at, s * theta, mask=inside)
+        if MAX_SPIKES == 1 and not SIGNED:
+            fired = (v >= theta) & inside
+            s = fired.to(tl.float32)
+            v = v - v * s if HARD else v - s * theta
+            tl.store(out_at, s * theta, mask=inside)
+            if COUNT:
+                tl.atomic_add(count_at, tl.sum(fired.to(tl.int32), axis=0))
+        else:
+            # Bursts and signed spikes: neurons.py's general rule, operation for operation.
+            r = v
+            s = tl.zeros_like(v)
+            for _k in tl.static_range(MAX_SPIKES):
+                d = (r >= theta).to(tl.float32)
+                if SIGNED:
+                    neg = ((r <= -theta) & (net > 0.0)).to(tl.float32)
+                    d = d - neg
+                    net = net + d
+                r = r - d * theta
+                s = s + d
+            v = v - v * (s != 0.0).to(tl.float32) if HARD else r
+            tl.store(out_at, s * theta, mask=inside)
+            if COUNT:
+                size = tl.where(inside, tl.abs(s), 0.0).to(tl.int32)
+                tl.atomic_add(count_at, tl.sum(size, axis=0))
         out_at += step_size
         if COUNT:
-            tl.atomic_add(count_at, tl.sum(fired.to(tl.int32), axis=0))
             count_at += batch
     tl.store(v_ptr + index, v, mask=inside)
+    if SIGNED:
+        tl.store(net_ptr + index, net, mask=inside)
 
 
 def block_size(frame: int) -> int:
@@ -101,6 +127,8 @@ def run_chunk(
     constant: bool,
     channels: int,
     inner: int,
+    max_spikes: int = 1,
+    net_count: Tensor | None = None,
 ) -> None:
     """Integrate `steps` steps of x into v in place, writing spikes x theta into out and, when
     `counts` ([steps, B] int32 zeros) is given, the spikes of every (step, image) into it.
@@ -116,6 +144,7 @@ def run_chunk(
         theta,
         out,
         out if counts is None else counts,  # any pointer: never read without COUNT
+        v if net_count is None else net_count,  # never read without SIGNED
         frame,
         batch,
         steps,
@@ -126,6 +155,8 @@ def run_chunk(
         PER_CHANNEL=theta.numel() > 1,
         COUNT=counts is not None,
         BLOCK=block,
+        MAX_SPIKES=max_spikes,
+        SIGNED=net_count is not None,
         num_warps=4 if block >= 512 else 2 if block >= 128 else 1,
         enable_fp_fusion=False,  # separate IEEE add and multiply (add.rn / mul.rn in PTX)
     )
