@@ -31,7 +31,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev,mlflow,tensorboard]' $(TORCH_PIN)
 	touch $@
 
 demo: setup ## The main job: default sweep on digits (train, convert, hard vs soft, T=1..512, plot)

@@ -28,8 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "convert": {"errors", "snn", "models"},
     "training": {"errors", "config", "data", "models", "runs"},
     "report": {"errors", "runs"},
+    "tracking": {"errors", "config", "runs"},
     "commands": {"errors", "config", "convert", "data", "models", "report", "runs", "snn"}
-    | {"training"},
+    | {"training", "tracking"},
 }
 
 

@@ -47,6 +47,10 @@ def run_job(cfg: DictConfig) -> str:
     set_quiet(True)
     set_threads(cfg.get("threads"))
     seed_everything(int(cfg.seed))
+    from rmp_cli.commands.tracked import tracked, tracking_for
+
+    # Each job its own tracker run, all in one experiment (the preset's, or logger.experiment).
+    tracking = tracking_for(cfg, task, overrides)
     again = rerun_args(hc)
     stopping.command_typed(again, program=PROGRAM)
     if task == "train":
@@ -59,7 +63,8 @@ def run_job(cfg: DictConfig) -> str:
         if (run / "model.pt").is_file():
             log.info("%s already holds a finished training", run.path)
         else:
-            train(cfg, run, resume_state=state)
+            with tracked(tracking, run.path, cfg):
+                train(cfg, run, resume_state=state, on_epoch=tracking.epoch)
     elif task == "convert":
         from rmp_cli.commands.convert import REPORT, _convert
         from rmp_cli.commands.pipeline import prepare
@@ -70,7 +75,8 @@ def run_job(cfg: DictConfig) -> str:
         if (run / REPORT).is_file():
             log.info("%s already holds a finished convert", run.path)
         else:
-            _convert(prepared, run.path, int(cfg.snn.timesteps))
+            with tracked(tracking, run.path, prepared.cfg):
+                _convert(prepared, run.path, int(cfg.snn.timesteps), tracking)
     else:
         from rmp_cli.commands.grid import axis_values, validate_timesteps
         from rmp_cli.commands.pipeline import validate_snn_config
@@ -82,8 +88,10 @@ def run_job(cfg: DictConfig) -> str:
         validate_snn_config(cfg)
         run = create_run_dir("sweep", cfg, overrides, reuse=True)
         stopping.run_opened(run.path, lambda _: again)
-        with RunLock(run.path):  # the points already in results.csv are not computed again
-            sweep_points(cfg, [cfg], [point_key(axis_values(cfg))], steps, overrides, run)
+        # The points already in results.csv are not computed again.
+        with RunLock(run.path), tracked(tracking, run.path, cfg):
+            key = point_key(axis_values(cfg))
+            sweep_points(cfg, [cfg], [key], steps, overrides, run, tracking)
     return str(cfg.run_dir)
 
 

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rmp_cli.errors import RmpError, reason_of
 
-GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep", "report", "experiment")
+GROUPS = ("dataset", "model", "train", "snn", "balance", "sweep", "report", "logger", "experiment")
 
 
 def config_dir() -> Path:
@@ -161,8 +161,9 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-# Top-level keys that say where and how fast a run goes, not what it computes.
-PLACEMENT_KEYS = ("resume", "run_dir", "device", "threads")
+# Top-level keys that say where and how fast a run goes (or where it is tracked), not what it
+# computes.
+PLACEMENT_KEYS = ("resume", "run_dir", "device", "threads", "logger")
 
 
 def same_settings(a: DictConfig | dict, b: DictConfig | dict) -> bool:

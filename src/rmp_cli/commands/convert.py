@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli.commands import pipeline, stopping
 from rmp_cli.commands.grid import neuron_label
+from rmp_cli.commands.tracked import log_convert, tracked, tracking_for
 from rmp_cli.config import same_settings, to_container
 from rmp_cli.errors import RmpError, parsing, read_bytes
 from rmp_cli.models.sources import describe
@@ -24,6 +25,7 @@ from rmp_cli.runs.atomic import atomic_torch_save, atomic_write_text
 from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.runs.rundir import RunDir, create_run_dir, log
 from rmp_cli.snn.opcount import ann_macs_per_image
+from rmp_cli.tracking import Tracking
 
 REPORT = "convert.json"  # written last: a run dir without it holds an unfinished convert
 
@@ -55,13 +57,14 @@ def run_convert(cfg: DictConfig, overrides: list[str]) -> Path:
     timesteps = cfg.snn.timesteps
     if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
         raise RmpError(f"snn.timesteps must be a positive integer, got {timesteps}")
+    tracking = tracking_for(cfg, "convert", overrides)
     # Under torchrun each rank simulates its shard of the test set; rank 0 writes.
     with torchrun_session([cfg]):
         prepared = pipeline.prepare(cfg, overrides)  # validates before any run dir exists
         run = on_main(lambda: _open_run(cfg, overrides))
         stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
-        with discard_if_failed(run):
-            return _convert(prepared, run.path, timesteps)
+        with discard_if_failed(run), tracked(tracking, run.path, prepared.cfg):
+            return _convert(prepared, run.path, timesteps, tracking)
 
 
 def _open_run(cfg: DictConfig, overrides: list[str]) -> RunDir:
@@ -90,7 +93,9 @@ def unfinished_convert(path: Path, cfg: DictConfig) -> bool:
     return same_settings(old, cfg)
 
 
-def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
+def _convert(
+    p: pipeline.Prepared, run_path: Path, timesteps: int, tracking: Tracking | None = None
+) -> Path:
     cfg = p.cfg
     # Under torchrun only rank 0 reports: the other ranks skip the full-test-set ANN pass.
     log.info("model %s on dataset %s", describe(cfg.model), cfg.dataset.name)
@@ -198,6 +203,7 @@ def _convert(p: pipeline.Prepared, run_path: Path, timesteps: int) -> Path:
     if result.layers is not None:
         _write_layers(cfg, run_path, result.layers.rows())
     atomic_write_text(run_path / REPORT, json.dumps(report, indent=2) + "\n")
+    log_convert(tracking or Tracking(), cfg, report)
     log.info(
         "converted %s: %d neuron layers, balance=%s in %.1fs, simulation %.1fs",
         describe(cfg.model),

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 def _manifest(cfg: DictConfig, timesteps: list[int], keys: list[str]) -> dict[str, Any]:
     base = OmegaConf.to_container(cfg, resolve=True)
-    for volatile in ("run_dir", "device", "threads"):
+    for volatile in ("run_dir", "device", "threads", "logger"):  # a resume may change these
         base.pop(volatile, None)  # type: ignore[union-attr]
     return {"timesteps": timesteps, "grid": keys, "config": base}
 

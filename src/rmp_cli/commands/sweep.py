@@ -33,6 +33,13 @@ from rmp_cli.commands.run_state import (
     read_json,
     untouched_if_unreadable,
 )
+from rmp_cli.commands.tracked import (
+    log_sweep_headline,
+    log_sweep_points,
+    sweep_params,
+    tracked,
+    tracking_for,
+)
 from rmp_cli.commands.train import load_resumable
 from rmp_cli.config import compose_config
 from rmp_cli.data.bundle import redraw_calibration
@@ -55,6 +62,7 @@ from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.runs.rundir import RunDir, log, make_dir
 from rmp_cli.runs.runtime import seed_everything
 from rmp_cli.snn.opcount import ann_macs_per_image
+from rmp_cli.tracking import Tracking
 from rmp_cli.training.checkpoint import load_checkpoint
 
 # --- the sweep ----------------------------------------------------------------------------
@@ -90,9 +98,11 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     return groups
 
 
-def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str | None:
+def _ensure_checkpoint(
+    cfg: DictConfig, run: RunDir, name: str = "ann", tracking: Tracking | None = None
+) -> str | None:
     """Reuse ckpt= (or None for weights=), else train the ANN into RUN/<name> (resuming a
-    half-finished training)."""
+    half-finished training; its epochs go to the sweep's tracker run as <name>/...)."""
     if cfg.get("ckpt"):
         return str(cfg.ckpt)
     if cfg.get("weights"):
@@ -108,7 +118,8 @@ def _ensure_checkpoint(cfg: DictConfig, run: RunDir, name: str = "ann") -> str |
         seed_everything(int(cfg.seed))
     state = load_resumable(ann_dir / "last.pt") if (ann_dir / "last.pt").is_file() else None
     log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
-    train(cfg, RunDir(path=ann_dir, created=True), resume_state=state)
+    on_epoch = (lambda row: tracking.epoch(row, prefix=f"{name}/")) if tracking else None
+    train(cfg, RunDir(path=ann_dir, created=True), resume_state=state, on_epoch=on_epoch)
     return str(ann_dir / "model.pt")
 
 
@@ -156,14 +167,19 @@ def run_sweep_command(
     keys = [point_key(axis_values(c)) for c in point_cfgs]
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
+    tracking = tracking_for(base_cfg, "sweep", overrides)
     # Under torchrun every rank runs the grid on its shard of the test set; rank 0 writes.
     with torchrun_session(point_cfgs):
         manifest = _manifest(cfg, steps, keys)
         run = on_main(lambda: _open_run(cfg, overrides, manifest, check=_state_check(steps)))
         # Interrupted, the same command with run_dir=RUN computes only the missing points.
         stopping.run_opened(run.path, lambda path: stopping.with_run_dir(stopping.typed(), path))
-        with discard_if_failed(run), RunLock(run.path) if dist.is_main() else nullcontext():
-            sweep_points(cfg, point_cfgs, keys, steps, overrides, run)
+        with (
+            discard_if_failed(run),
+            RunLock(run.path) if dist.is_main() else nullcontext(),
+            tracked(tracking, run.path, sweep_params(base_cfg, steps, axes)),
+        ):
+            sweep_points(cfg, point_cfgs, keys, steps, overrides, run, tracking)
     return run.path
 
 
@@ -174,7 +190,9 @@ def sweep_points(
     steps: list[int],
     overrides: list[str],
     run: RunDir,
+    tracking: Tracking | None = None,
 ) -> None:
+    tracking = tracking or Tracking()
     done, partial = read_done(run.path, steps, say=log.warning if dist.is_main() else _silent)
     finished = dist.broadcast_object({point_key(r) for _, r in done.iterrows()} - set(partial))
     if dist.is_main():
@@ -190,10 +208,22 @@ def sweep_points(
                 log.info("[%d/%d] %s: already done", i + 1, len(keys), keys[i])
         if todo:
             done = _sweep_model(
-                name, point_cfgs, keys, todo, steps, overrides, run, done, test_seed, partial
+                name,
+                point_cfgs,
+                keys,
+                todo,
+                steps,
+                overrides,
+                run,
+                done,
+                test_seed,
+                partial,
+                tracking,
             )
     if dist.is_main():
         _finish(run, done, cfg)
+        log_sweep_points(tracking, done, steps)  # points done before this process, if not logged
+        log_sweep_headline(tracking, done)
 
 
 def _sweep_model(
@@ -207,13 +237,15 @@ def _sweep_model(
     done: pd.DataFrame,
     test_seed: int | None = None,
     partial: dict[str, set[int]] | None = None,
+    tracking: Tracking | None = None,
 ) -> pd.DataFrame:
     """The grid points that share one ANN: train (or reuse) it, then balance and simulate each.
     `partial`: points whose rows at these T were kept from a cut results.csv (only the rest
     are added)."""
     partial = partial or {}
+    tracking = tracking or Tracking()
     results_path = run / "results.csv"
-    ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name)
+    ckpt = _ensure_checkpoint(point_cfgs[todo[0]], run, name, tracking)
     prepared = pipeline.prepare(point_cfgs[todo[0]], overrides, ckpt, test_seed=test_seed)
     log.info("model %s on dataset %s", describe(prepared.cfg.model), prepared.cfg.dataset.name)
     ann_acc, ann = _ann_reference(prepared, run, "ann.json" if name == "ann" else f"{name}.json")
@@ -309,6 +341,7 @@ def _sweep_model(
                     ann.predicted.numpy(),
                 )
             write_csv(results_path, done)  # atomic: an interrupted sweep keeps every point done
+            log_sweep_points(tracking, done, steps)  # after results.csv: never ahead of it
         if not rows:  # every row of this point was kept from the cut table
             continue
         best = max(rows, key=lambda r: r["accuracy"])

@@ -10,10 +10,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from rmp_cli.commands import stopping
+from rmp_cli.commands.tracked import tracked, tracking_for
 from rmp_cli.config import same_settings
 from rmp_cli.errors import RmpError
 from rmp_cli.runs.ranks import discard_if_failed, on_main, torchrun_session
 from rmp_cli.runs.rundir import RunDir, create_run_dir, log
+from rmp_cli.tracking import Tracking
 from rmp_cli.training.checkpoint import load_checkpoint
 from rmp_cli.training.loop import train, validate_train_config
 
@@ -25,14 +27,19 @@ RESUME_FREE_KEYS = {
     "threads",
     "dataset.num_workers",
     "dataset.on_device",  # the same batches either way (data/device_loader.py)
+    "logger",  # where the run is tracked (logger.* too)
 }
+
+
+def _resume_free(key: str) -> bool:
+    return key in RESUME_FREE_KEYS or key.startswith("logger.")
 
 
 def _resume_conflicts(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: list[str]) -> list[str]:
     conflicts = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key in RESUME_FREE_KEYS or "=" not in override:
+        if _resume_free(key) or "=" not in override:
             continue
         want, have = OmegaConf.select(cfg, key), OmegaConf.select(ckpt_cfg, key)
         if want != have:
@@ -42,14 +49,19 @@ def _resume_conflicts(cfg: DictConfig, ckpt_cfg: DictConfig, overrides: list[str
 
 def run_train(cfg: DictConfig, overrides: list[str]) -> Path:
     validate_train_config(cfg)
+    tracking = tracking_for(cfg, "train", overrides)
     with torchrun_session([cfg]) as device:
-        return _run_train(cfg, overrides, device)
+        return _run_train(cfg, overrides, device, tracking)
 
 
 def resume_args(run_path: Path, overrides: list[str]) -> list[str]:
-    """`train resume=RUN/last.pt`, with the overrides a resume may repeat (device, threads)."""
-    free = RESUME_FREE_KEYS - {"resume", "run_dir"}
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in free]
+    """`train resume=RUN/last.pt`, with the overrides a resume may repeat (device, threads,
+    the logger, so the resumed run goes on in the same tracker run)."""
+    kept = [
+        o
+        for o in overrides
+        if _resume_free(key := o.split("=", 1)[0].lstrip("+~")) and key not in ("resume", "run_dir")
+    ]
     return ["train", f"resume={run_path / 'last.pt'}", *kept]
 
 
@@ -73,12 +85,12 @@ def load_resumable(path: str | Path) -> dict:
     return state
 
 
-def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
+def _run_train(cfg: DictConfig, overrides: list[str], device, tracking: Tracking) -> Path:
     if not cfg.get("resume"):
         run = on_main(lambda: create_run_dir("train", cfg, overrides))
         stopping.run_opened(run.path, lambda path: resume_args(path, overrides))
-        with discard_if_failed(run):
-            train(cfg, run, device=device)
+        with discard_if_failed(run), tracked(tracking, run.path, cfg):
+            train(cfg, run, device=device, on_epoch=tracking.epoch)
         return run.path
 
     state = load_resumable(cfg.resume)
@@ -100,7 +112,8 @@ def _run_train(cfg: DictConfig, overrides: list[str], device) -> Path:
     run = on_main(lambda: create_run_dir("train", ckpt_cfg, overrides, reuse=True))
     stopping.run_opened(run.path, lambda path: resume_args(path, overrides))
     log.info("continuing %s", run_path)
-    train(ckpt_cfg, run, resume_state=state, device=device)
+    with tracked(tracking, run.path, ckpt_cfg):  # the tracker run of run_path, continued
+        train(ckpt_cfg, run, resume_state=state, device=device, on_epoch=tracking.epoch)
     return run.path
 
 

@@ -23,9 +23,12 @@ from rmp_cli.errors import FileFault, RmpError
 from rmp_cli.runs.atomic import atomic_write_text
 
 LOG_NAME = "run.log"
-# What every run dir gets before any work is done (a sweep adds its manifest and lock): a run
-# that failed with only these was empty and is removed.
-BOOKKEEPING = {".hydra", LOG_NAME, "meta.json", "sweep.json", ".lock"}
+TRACKER_STATE = "tracker.json"  # the tracker's run id (logger=...), so a resume continues it
+TENSORBOARD_DIR = "tensorboard"  # logger=tensorboard's event files
+# What every run dir gets before any work is done (a sweep adds its manifest and lock, a
+# tracker its state and event files): a run that failed with only these was empty and is removed.
+BOOKKEEPING = {".hydra", LOG_NAME, "meta.json", "sweep.json", ".lock", TRACKER_STATE}
+BOOKKEEPING |= {TENSORBOARD_DIR}
 log = logging.getLogger("rmp")
 
 

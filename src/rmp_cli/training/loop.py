@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,11 +202,13 @@ def train(
     run: RunDir,
     resume_state: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the ANN described by cfg; returns the final metrics row.
 
     Under torchrun every rank calls this: DistributedSampler shards each epoch, gradients are
-    averaged by DDP, and only rank 0 writes metrics and checkpoints.
+    averaged by DDP, and only rank 0 writes metrics and checkpoints. ``on_epoch`` gets each
+    epoch's metrics row once it is in metrics.csv (rank 0; the command's tracker).
     """
     validate_train_config(cfg)
     device = device or resolve_device(cfg.device)
@@ -343,6 +346,8 @@ def train(
         )
         # After last.pt: a run stopped between the two resumes from last.pt, which holds the rows.
         write_metrics(run / "metrics.csv", rows)
+        if on_epoch is not None:
+            on_epoch(dict(row))
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  (%.1fs)",
             epoch,
