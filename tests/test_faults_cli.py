@@ -182,7 +182,7 @@ def test_results_csv_append_fault_keeps_the_finished_points(
     assert (run / "results.csv").read_bytes() == saved["results.csv"]
     assert pd.read_csv(run / "results.csv")["reset"].tolist() == ["hard"] * 3
     assert not (run / "summary.csv").exists() and temp_files(run) == []
-    assert f"complete in {run}: ann.json, results.csv;" in result.stderr
+    assert f"complete in {run}: ann.json, predictions.npz, results.csv;" in result.stderr
     assert resume is not None and resume.endswith(f"run_dir={run}")
 
     monkeypatch.undo()
