@@ -21,19 +21,7 @@ EXTRA=${EXTRA:-}  # overrides for every step, e.g. "train.epochs=4 dataset.subse
 COMMON=(experiment=fashion_mnist_cnn "threads=$THREADS" $EXTRA)
 
 mkdir -p "$OUT"
-step() {  # step NAME COMMAND...: run it unless NAME is done, log its wall time
-    local name=$1
-    shift
-    if [ -e "$OUT/$name.done" ]; then
-        echo "$name: done earlier" >&2
-        return
-    fi
-    local start
-    start=$(date +%s)
-    "$@"
-    echo "$name $(($(date +%s) - start)) s  $(date -u +%FT%TZ)" >>"$OUT/times.txt"
-    touch "$OUT/$name.done"
-}
+source "$(dirname "$0")/steps.sh"
 
 step ann-max $RMP train "${COMMON[@]}" model.pool=max run_dir="$OUT/ann-max"
 step ann-avg $RMP train "${COMMON[@]}" model.pool=avg run_dir="$OUT/ann-avg"

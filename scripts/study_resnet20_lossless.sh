@@ -16,19 +16,7 @@ ROOT=${ROOT:-data/cifar10-lossless}
 COMMON=(experiment=cifar10_resnet20_lossless "dataset.root=$ROOT" "threads=$THREADS")
 
 mkdir -p "$OUT"
-step() {  # step NAME COMMAND...: run it unless NAME is done, log its wall time
-    local name=$1
-    shift
-    if [ -e "$OUT/$name.done" ]; then
-        echo "$name: done earlier" >&2
-        return
-    fi
-    local start
-    start=$(date +%s)
-    "$@"
-    echo "$name $(($(date +%s) - start)) s  $(date -u +%FT%TZ)" >>"$OUT/times.txt"
-    touch "$OUT/$name.done"
-}
+source "$(dirname "$0")/steps.sh"
 
 if [ -e "$OUT/ann/last.pt" ] && [ ! -e "$OUT/ann/model.pt" ]; then
     step ann $RMP train resume="$OUT/ann/last.pt" "threads=$THREADS"

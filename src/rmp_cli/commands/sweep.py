@@ -404,20 +404,17 @@ def _state_check(steps: list[int]) -> Callable[[Path], None]:
 
     def check(run_path: Path) -> None:
         read_done(run_path, steps, say=_silent)
-        layers = run_path / layer_report.LAYERS_FILE
-        if layers.is_file():
-            untouched_if_unreadable(
-                run_path,
-                lambda: layer_report.read_layers(layers),
-                MOVE_AWAY.format(name=layers.name).replace("those points", "their layer rows"),
-            )
-        kept = run_path / predictions.PREDICTIONS_FILE
-        if kept.is_file():
-            untouched_if_unreadable(
-                run_path,
-                lambda: predictions.read_predictions(kept),
-                MOVE_AWAY.format(name=kept.name).replace("recompute those points", "recompute it"),
-            )
+        tables = (
+            (layer_report.LAYERS_FILE, layer_report.read_layers, "their layer rows"),
+            (predictions.PREDICTIONS_FILE, predictions.read_predictions, "their predictions"),
+        )
+        for name, read, what in tables:
+            if (run_path / name).is_file():
+                untouched_if_unreadable(
+                    run_path,
+                    lambda read=read, name=name: read(run_path / name),
+                    MOVE_AWAY.format(name=name).replace("those points", what),
+                )
         for record in sorted(run_path.glob("ann*.json")):
             untouched_if_unreadable(
                 run_path,
