@@ -30,8 +30,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from rmp_cli.commands.convert import unfinished_convert
+from rmp_cli.commands.resume import read_ann_accuracy, read_done
 from rmp_cli.commands.run_state import read_json
-from rmp_cli.commands.sweep import read_ann_accuracy, read_done
 from rmp_cli.commands.train import load_resumable
 from rmp_cli.config import compose_config, to_container
 from rmp_cli.data.archives import read_checksums, unpack_cifar10_archives

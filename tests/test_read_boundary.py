@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rmp_cli.commands.sweep import read_done
+from rmp_cli.commands.resume import read_done
 from rmp_cli.errors import FileFault, ParseFault, RmpError, parsing
 from rmp_cli.report.results import COLUMNS, read_results, write_csv
 from rmp_cli.runs.signals import Interrupted
