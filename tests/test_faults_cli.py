@@ -237,7 +237,9 @@ def test_the_issue_case_a_full_disk_at_the_plot_of_a_new_sweep(
     fail_nth(monkeypatch, "accuracy_vs_timesteps.png", 1, errno.ENOSPC, {}, (Figure, "savefig"))
     result = rmp(*SWEEP, f"ckpt={ckpt}", f"run_dir={run}")
     assert_fault(result, f"cannot write {run}/accuracy_vs_timesteps.png: No space left on device")
-    complete = f"complete in {run}: ann.json, predictions.npz, results.csv, summary.csv, summary.md;"
+    complete = (
+        f"complete in {run}: ann.json, predictions.npz, results.csv, summary.csv, summary.md;"
+    )
     assert complete in result.stderr
     assert temp_files(run) == [] and not list(run.glob("accuracy_vs_timesteps.*"))
 

@@ -160,3 +160,12 @@ def test_a_damaged_imagenet_image_read_in_a_worker_is_one_line(
     assert exit_code(info.value) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"rmp: error: cannot decode {damaged} (")
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_weights_of_the_wrong_kind_are_refused_not_cast(dtype: torch.dtype) -> None:
+    """torch would load a complex weight with a warning, dropping its imaginary part."""
+    model = torch.nn.Linear(3, 2)
+    state = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    with pytest.raises(RmpError, match=rf"1 dtype: weight {dtype}|2 dtype: weight {dtype}"):
+        checkpoint.load_weights(model, state, "w.pt")

@@ -139,14 +139,27 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
         for k, v in own.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
+    # torch would cast these with a warning (a complex weight loses its imaginary part)
+    kinds = [
+        f"{k} {state[k].dtype}"
+        for k, v in own.items()
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and (state[k].is_complex() or (v.is_floating_point() and state[k].dtype == torch.bool))
+    ]
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape", shapes),
+        ("dtype", kinds),
+    ):
         if items:
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
     if problems:
         raise RmpError(f"weights {source} do not fit the model: {'; '.join(problems)}")
-    try:  # the names and shapes fit; what is left to refuse is the file's (a complex dtype)
+    try:  # names, shapes and kinds fit; what is left to refuse is the file's
         model.load_state_dict(state)
     except Exception as exc:
         raise RmpError(f"weights {source} do not fit the model ({reason_of(exc)})") from None
