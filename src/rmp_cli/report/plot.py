@@ -16,7 +16,6 @@ from rmp_cli.report.layer_report import LAYERS_FILE, read_layers
 from rmp_cli.report.results import (
     AXES,
     read_results,
-    with_implied_axes,
     with_intervals,
     with_latency,
 )
@@ -37,10 +36,9 @@ def draw(
     panel with spikes per image and a third with accuracy against the SNN/ANN energy ratio
     (when the tables have it)."""
     fig, (ax_acc, ax_spk, ax_energy) = plt.subplots(1, 3, figsize=(17, 4.6))
-    runs = [(name, with_implied_axes(df)) for name, df in runs]
+    runs = [(name, with_latency(df)) for name, df in runs]  # x: the latency paid, K + T
     all_df = pd.concat([df for _, df in runs])
     presteps = bool((all_df["presteps"] != 0).any())
-    runs = [(name, with_latency(df)) for name, df in runs]  # x: the latency paid, K + T
     varying = [a for a in AXES if all_df[a].nunique() > 1]
     for name, df in runs:
         prefix = name if len(runs) > 1 else ""
