@@ -19,7 +19,7 @@ CIFAR10_LOSSLESS_DIR     ?= data/cifar10-lossless
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast lint format bench fmnist-data cifar10-data \
-	cifar10-lossless-data study-cifar10-cpu study-resnet20-cpu study-resnet20-lossless study-lowlatency reproduce-fmnist compare-sj \
+	cifar10-lossless-data study-cifar10-cpu study-resnet20-cpu study-resnet20-lossless study-lowlatency-lossless study-lowlatency reproduce-fmnist compare-sj \
 	bench-train device-bundle clean
 
 help: ## Show the targets
@@ -78,6 +78,9 @@ cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_AR
 
 study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10: train (~2.3 h on 2 idle cores), paper pairing, percentile route
 	RMP=$(RMP) ROOT=$(CIFAR10_LOSSLESS_DIR) scripts/study_resnet20_lossless.sh
+
+study-lowlatency-lossless: setup cifar10-lossless-data ## QCFS ResNet-20 + signed / burst / COS / SRP at T = 1..64 on lossless CIFAR-10 (after study-resnet20-lossless)
+	RMP=$(RMP) ROOT=$(CIFAR10_LOSSLESS_DIR) scripts/study_lowlatency_lossless.sh
 
 study-cifar10-cpu: cifar10-data ## CPU-scale CIFAR-10 study (2 cores: ~35 min training + ~13 min sweep)
 	$(RMP) sweep experiment=cifar10_vgg11_cpu dataset.root=$(CIFAR10_DIR)

@@ -3,7 +3,8 @@
 #   1. train the ANN with the cifar10_resnet20_lossless preset (resumes an interrupted run);
 #   2. the paper's pairing, hard reset + spike_norm against soft reset + rmp (scale 0.8, 0.7),
 #      T = 2^3..2^11;
-#   3. the modern route: soft reset, percentile thresholds, v_init 0 and 0.5, T = 2^3..2^10.
+#   3. the modern route: soft reset, percentile thresholds, v_init 0 and 0.5, T = 2^3..2^10,
+#      beside hard reset with the same thresholds (v_init 0), so that one run pairs the resets.
 # Wall time of every step goes to $OUT/times.txt; each step is skipped once done, and a sweep
 # resumes its own run dir.
 #   make cifar10-lossless-data && scripts/study_resnet20_lossless.sh
@@ -25,5 +26,5 @@ else
 fi
 step sweep $RMP sweep "${COMMON[@]}" ckpt="$OUT/ann/model.pt" run_dir="$OUT/sweep"
 step sweep-percentile $RMP sweep "${COMMON[@]}" ckpt="$OUT/ann/model.pt" balance=percentile \
-    'sweep.variants=[]' 'sweep.grid=["snn.reset=soft","snn.v_init=0,0.5"]' \
+    'sweep.grid=[]' 'sweep.variants=[["snn.reset=soft","snn.v_init=0"],["snn.reset=soft","snn.v_init=0.5"],["snn.reset=hard","snn.v_init=0"]]' \
     --timesteps '2^3..2^10' run_dir="$OUT/sweep_percentile"
