@@ -168,11 +168,11 @@ def test_variants_train_one_ann_per_activation(rmp, tmp_path: Path) -> None:
     df = pd.read_csv(run / "results.csv")
     points = df.groupby(["activation", "balance", "v_init"]).size()
     assert dict(points) == {
-        ("qcfs", "trained", 0.0): 3,
-        ("qcfs", "trained", 0.5): 3,
+        ("qcfs-L8", "trained", 0.0): 3,
+        ("qcfs-L8", "trained", 0.5): 3,
         ("relu", "mse", 0.0): 3,
         ("relu", "mse", 0.5): 3,
     }
     anns = df.groupby("activation")["ann_accuracy"].first()
-    assert anns["qcfs"] != anns["relu"]  # each variant scored against its own ANN
+    assert anns["qcfs-L8"] != anns["relu"]  # each variant scored against its own ANN
     assert "| activation |" in (run / "summary.md").read_text()

@@ -3,13 +3,16 @@ from __future__ import annotations
 import pytest
 
 from rmp_cli.commands.grid import (
+    axis_values,
     config_variants,
     grid_points,
     parse_timesteps,
     split_grid,
     validate_timesteps,
 )
+from rmp_cli.config import compose_config
 from rmp_cli.errors import RmpError
+from rmp_cli.report.results import point_key
 
 
 def test_comma_list_sorted() -> None:
@@ -93,3 +96,17 @@ def test_variants_cross_the_grid_variant_major() -> None:
 def test_bad_variants_refused(entry: list[str], fragment: str) -> None:
     with pytest.raises(RmpError, match=fragment):
         config_variants([entry])
+
+
+def test_qcfs_levels_are_separate_grid_points() -> None:
+    """Variants that differ only in model.act_levels name different points (and ANNs)."""
+    variants = config_variants(
+        [
+            [f"model.activation={a}", "balance=trained", f"model.act_levels={n}"]
+            for a, n in (("qcfs", 4), ("qcfs", 8), ("clip", 4), ("clip", 8))
+        ]
+    )
+    cfgs = [compose_config(p) for p in grid_points([], {}, variants)]
+    labels = [axis_values(c)["activation"] for c in cfgs]
+    assert labels == ["qcfs-L4", "qcfs-L8", "clip", "clip"]  # clip has no levels to tell apart
+    assert len({point_key(axis_values(c)) for c in cfgs}) == 3

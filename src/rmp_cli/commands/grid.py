@@ -147,6 +147,12 @@ def neuron_label(snn: DictConfig) -> str:
     return f"{label}+{offset}" if offset else label
 
 
+def activation_label(model: DictConfig) -> str:
+    """relu, clip, or qcfs-L<levels>: nets of other quantization levels are other grid points."""
+    activation = str(model.get("activation", "relu"))
+    return f"qcfs-L{int(model.act_levels)}" if activation == "qcfs" else activation
+
+
 def axis_values(cfg: DictConfig) -> dict[str, Any]:
     return {
         "reset": str(cfg.snn.reset),
@@ -154,7 +160,7 @@ def axis_values(cfg: DictConfig) -> dict[str, Any]:
         "scale": float(cfg.balance.scale),
         "v_init": float(cfg.snn.v_init),
         "encoding": str(cfg.snn.encoding),
-        "activation": str(cfg.model.get("activation", "relu")),
+        "activation": activation_label(cfg.model),
         "neuron": neuron_label(cfg.snn),
         "presteps": int(cfg.snn.get("presteps", 0)),
         "seed": int(cfg.seed),

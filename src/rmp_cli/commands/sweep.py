@@ -115,7 +115,12 @@ def _ensure_checkpoint(
     if name.rpartition("-")[2] == f"seed{int(cfg.seed)}":  # its own initialisation too
         seed_everything(int(cfg.seed))
     state = load_resumable(ann_dir / "last.pt") if (ann_dir / "last.pt").is_file() else None
-    log.info("no ckpt= given: training the ANN first (%s on %s)", cfg.model.name, cfg.dataset.name)
+    log.info(
+        "no ckpt= given: training the ANN first (%s: %s on %s)",
+        name,
+        cfg.model.name,
+        cfg.dataset.name,
+    )
     on_epoch = (lambda row: tracking.epoch(row, prefix=f"{name}/")) if tracking else None
     train(cfg, RunDir(path=ann_dir, created=True), resume_state=state, on_epoch=on_epoch)
     return str(ann_dir / "model.pt")
