@@ -97,6 +97,19 @@ def test_bad_train_input(rmp, tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.pt"))
 
 
+def test_a_run_that_fails_on_missing_data_leaves_no_folders(rmp, tmp_path: Path) -> None:
+    """The run dir is made before the data is read; the failed run takes its parents with it."""
+    out = rmp("train", "dataset=cifar10", f"dataset.root={tmp_path / 'none'}", check=False)
+    assert_clean_error(out, "not found under")
+    assert not (tmp_path / "outputs").exists()
+    (tmp_path / "outputs" / "train" / "earlier").mkdir(parents=True)  # another run's folder stays
+    assert_clean_error(
+        rmp("train", "dataset=cifar10", f"dataset.root={tmp_path / 'none'}", check=False),
+        "not found under",
+    )
+    assert [p.name for p in (tmp_path / "outputs" / "train").iterdir()] == ["earlier"]
+
+
 def test_resume_refuses_changed_config_and_overwrite(rmp, tmp_path: Path) -> None:
     run = tmp_path / last_line(rmp("train", *FAST_TRAIN, "train.epochs=1", "run_dir=one"))
     before = (run / "model.pt").read_bytes()

@@ -36,6 +36,9 @@ log = logging.getLogger("rmp")
 class RunDir:
     path: Path
     created: bool  # False when an existing run dir is reused (resume)
+    # Folders above it that this invocation made (outputs/, outputs/train/), deepest first:
+    # discarding the run removes those left empty, so a failed first run leaves no trace.
+    new_parents: tuple[Path, ...] = ()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -50,7 +53,15 @@ class RunDir:
             return
         if not produced:
             close_logging()
-            shutil.rmtree(self.path, ignore_errors=True)
+            self.remove()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.new_parents:
+            try:
+                parent.rmdir()  # only if empty: another run may have moved in meanwhile
+            except OSError:
+                break
 
 
 def git_sha() -> str:
@@ -91,6 +102,7 @@ def create_run_dir(
     """
     if cfg.get("run_dir"):
         path = Path(str(cfg.run_dir))
+        new_parents = missing_parents(path)
         try:
             existing = path.exists() and any(path.iterdir())
         except OSError as exc:
@@ -102,6 +114,7 @@ def create_run_dir(
         make_dir(path, exist_ok=True)
         created = not existing
     else:
+        new_parents = missing_parents(new_run_path(command))
         while True:
             path = new_run_path(command)
             try:
@@ -110,16 +123,21 @@ def create_run_dir(
             except FileExistsError:
                 continue
         created = True
-    run = RunDir(path=path, created=created)
+    run = RunDir(path=path, created=created, new_parents=new_parents if created else ())
     cfg.run_dir = str(path)
     try:
         _record(run, command, cfg, overrides)
     except BaseException:
         if created:  # a full disk or a signal before any work: leave no half-made run dir
             close_logging()
-            shutil.rmtree(path, ignore_errors=True)
+            run.remove()
         raise
     return run
+
+
+def missing_parents(path: Path) -> tuple[Path, ...]:
+    """The folders above `path` that do not exist yet, deepest first."""
+    return tuple(p for p in path.parents if p != Path(".") and not p.exists())
 
 
 def _record(run: RunDir, command: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
