@@ -28,18 +28,26 @@ def interval_table(
     axes = [a for a in AXES if df[a].nunique() > 1] or ["reset"]
     steps = timesteps or sorted(df["timesteps"].unique())
     n = int(df["images"].iloc[0])
-    ann = float(df["ann_accuracy"].iloc[0])
+
+    def ann_cell(rows: pd.DataFrame) -> str:
+        ann = float(rows["ann_accuracy"].iloc[0])
+        return cell(ann, *wilson(round(ann * n), n))
+
+    # One ANN for the whole table, or (variants that train their own) a column of them.
+    per_row = df["ann_accuracy"].nunique() > 1
+    head = [*axes, *(["ANN"] if per_row else []), *(f"T={t}" for t in steps)]
     lines = [
-        f"ANN {cell(ann, *wilson(round(ann * n), n))} on {n:,} test images; "
-        "each cell: accuracy % (95% Wilson interval)",
+        ("On" if per_row else f"ANN {ann_cell(df)} on")
+        + f" {n:,} test images; each cell: accuracy % (95% Wilson interval)",
         "",
-        "| " + " | ".join([*axes, *(f"T={t}" for t in steps)]) + " |",
-        "|" + "---|" * (len(axes) + len(steps)),
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for key, rows in df.groupby(axes, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         by_t = rows.set_index("timesteps")
-        cells = [
+        cells = [ann_cell(rows)] if per_row else []
+        cells += [
             cell(*by_t.loc[t, ["accuracy", "ci_low", "ci_high"]]) if t in by_t.index else ""
             for t in steps
         ]

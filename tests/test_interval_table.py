@@ -49,3 +49,14 @@ def test_a_table_without_counts_needs_the_image_count(tmp_path: Path) -> None:
     out = run(str(old_table(tmp_path / "results.csv")))
     assert out.returncode == 1
     assert "give --images N" in out.stderr
+
+
+def test_variants_with_their_own_anns_get_an_ann_column(tmp_path: Path) -> None:
+    path = old_table(tmp_path / "results.csv")
+    df = pd.read_csv(path)
+    df.loc[df["reset"] == "soft", "ann_accuracy"] = 0.5
+    df.to_csv(path, index=False)
+    lines = run(str(path), "--images", "10", "--timesteps", "64").stdout.splitlines()
+    assert lines[0].startswith("On 10 test images")
+    assert lines[2] == "| reset | ANN | T=64 |"
+    assert "| soft | 50.0 (23.7-76.3) | 90.0 (59.6-98.2) |" in lines
