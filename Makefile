@@ -44,12 +44,12 @@ test-fast: setup ## Unit tests only (skips the slow end-to-end tests)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup ## ruff check + format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 format: setup ## Apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
 
 bench: setup ## Simulator speed and memory benchmark (writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_simulator.py
