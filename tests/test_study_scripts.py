@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rmp_cli.commands.grid import config_grid, config_variants, grid_points, split_grid
+from rmp_cli.commands.grid import split_grid, sweep_grid
 from rmp_cli.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +51,8 @@ def run_script(name: str, tmp_path: Path, **env: str) -> list[list[str]]:
 def sweep_points(args: list[str]) -> list[list[str]]:
     """The grid points `rmp sweep ARGS` would run, composed as the sweep composes them."""
     overrides = [a for a in args if "=" in a and not a.startswith("--")]
-    base, axes = split_grid(overrides)
-    cfg = compose_config(base)
-    axes = {**config_grid(cfg.sweep.grid), **axes}
-    points = grid_points(base, axes, config_variants(cfg.sweep.variants))
+    base, cli_axes = split_grid(overrides)
+    _, points = sweep_grid(compose_config(base), base, cli_axes)
     for point in points:
         compose_config(point)  # every point composes: no unknown key or choice
     return points

@@ -137,6 +137,18 @@ def grid_points(
     return [base + list(variant) + combo for variant in variants for combo in combos]
 
 
+def sweep_grid(
+    base_cfg: DictConfig, base: list[str], cli_axes: dict[str, list[str]]
+) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """The sweep's axes and the overrides of each grid point: the config's grid (e.g. a preset's
+    reset=hard,soft) unless the command line fixes that axis, crossed with sweep.variants."""
+    config_axes = config_grid(list(base_cfg.sweep.get("grid") or []))
+    fixed = {o.partition("=")[0] for o in base}
+    axes = {**{k: v for k, v in config_axes.items() if k not in fixed}, **cli_axes}
+    variants = config_variants(base_cfg.sweep.get("variants"))
+    return axes, grid_points(base, axes, variants)
+
+
 def neuron_label(snn: DictConfig) -> str:
     """The spike options as one results.csv value: if (plain), signed, burst2, signed+burst2,
     each with +cos or +srp when pre-steps calibrate it."""

@@ -17,13 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from rmp_cli.commands import pipeline, stopping
 from rmp_cli.commands.grid import (
     GRID_AXES,
+    activation_label,
     axis_values,
-    config_grid,
-    config_variants,
-    grid_points,
     parse_timesteps,
     point_labels,
     split_grid,
+    sweep_grid,
     validate_timesteps,
 )
 from rmp_cli.commands.resume import read_ann_accuracy, read_done, silent, state_check
@@ -77,11 +76,7 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     per_seed = not given and len({int(c.seed) for c in point_cfgs}) > 1
     for index, point_cfg in enumerate(point_cfgs):
         model = OmegaConf.to_yaml(point_cfg.model)
-        if model == base_model:
-            name = "ann"
-        else:
-            m = point_cfg.model
-            name = f"ann-{m.activation}" + (f"-L{m.act_levels}" if m.activation == "qcfs" else "")
+        name = "ann" if model == base_model else f"ann-{activation_label(point_cfg.model)}"
         if per_seed:
             name += f"-seed{int(point_cfg.seed)}"
             model += f"seed: {int(point_cfg.seed)}\n"
@@ -147,13 +142,9 @@ def run_sweep_command(
             else [base_cfg.sweep.timesteps]
         )
     )
-    # The config's grid (e.g. a preset's reset=hard,soft) unless the command line fixes that axis.
-    config_axes = config_grid(list(base_cfg.sweep.get("grid") or []))
-    fixed = {o.partition("=")[0] for o in base}
-    axes = {**{k: v for k, v in config_axes.items() if k not in fixed}, **cli_axes}
     # Compose and validate every grid point before anything is written.
-    variants = config_variants(base_cfg.sweep.get("variants"))
-    point_cfgs = [compose_config(p) for p in grid_points(base, axes, variants)]
+    axes, points = sweep_grid(base_cfg, base, cli_axes)
+    point_cfgs = [compose_config(p) for p in points]
     for point_cfg in point_cfgs:
         point_cfg.sweep.timesteps = steps
         pipeline.validate_snn_config(point_cfg)

@@ -114,9 +114,9 @@ def create_run_dir(
         make_dir(path, exist_ok=True)
         created = not existing
     else:
-        new_parents = missing_parents(new_run_path(command))
         while True:
             path = new_run_path(command)
+            new_parents = missing_parents(path)
             try:
                 make_dir(path)
                 break
