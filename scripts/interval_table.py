@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rmp_cli.errors import RmpError
 from rmp_cli.report.results import AXES, read_results, with_intervals
 from rmp_cli.report.stats import wilson
 
@@ -63,7 +64,11 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=1, help="decimals of a percentage")
     args = parser.parse_args()
     steps = [int(t) for t in args.timesteps.split(",")] if args.timesteps else None
-    print(interval_table(read_results(args.results), args.images, steps, args.digits))
+    try:
+        df = read_results(args.results)
+    except RmpError as exc:  # a missing or damaged table: one line, not a traceback
+        raise SystemExit(f"interval_table: {exc}") from None
+    print(interval_table(df, args.images, steps, args.digits))
 
 
 if __name__ == "__main__":

@@ -60,3 +60,11 @@ def test_variants_with_their_own_anns_get_an_ann_column(tmp_path: Path) -> None:
     assert lines[0].startswith("On 10 test images")
     assert lines[2] == "| reset | ANN | T=64 |"
     assert "| soft | 50.0 (23.7-76.3) | 90.0 (59.6-98.2) |" in lines
+
+
+def test_a_missing_table_is_one_line(tmp_path: Path) -> None:
+    out = run(str(tmp_path / "results.csv"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"interval_table: no results.csv in {tmp_path}; is it a finished `rmp sweep` run dir?"
+    ]
