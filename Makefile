@@ -76,7 +76,7 @@ cifar10-lossless-data: ## Verify + unpack lossless CIFAR-10 (CIFAR10_LOSSLESS_AR
 	  mv $$tmp/cifar-10-batches-py $(CIFAR10_LOSSLESS_DIR)/ && rmdir $$tmp && \
 	  echo "$(CIFAR10_LOSSLESS_DIR)/cifar-10-batches-py"; }
 
-study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10: train (~2.3 h on 2 idle cores), paper pairing, percentile route
+study-resnet20-lossless: setup cifar10-lossless-data ## The paper's ResNet-20 row on lossless CIFAR-10: train (2.0-3.4 h measured on 2 cores), paper pairing, percentile route
 	RMP=$(RMP) ROOT=$(CIFAR10_LOSSLESS_DIR) scripts/study_resnet20_lossless.sh
 
 study-lowlatency-lossless: setup cifar10-lossless-data ## QCFS ResNet-20 + signed / burst / COS / SRP at T = 1..64 on lossless CIFAR-10 (after study-resnet20-lossless)
