@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from rmp_cli.errors import RmpError
+from rmp_cli.report.figures import save_figure
 from rmp_cli.report.stats import wilson
 
 
@@ -90,11 +92,8 @@ def plot(curves: list[Curve], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, out)
     plt.close(fig)
-    tmp.replace(out)
 
 
 def main() -> None:
@@ -114,7 +113,10 @@ def main() -> None:
         epochs = sorted(set().union(*(c.metrics["epoch"] for c in curves)))
     print(table(curves, epochs))
     if args.out:
-        plot(curves, args.out)
+        try:
+            plot(curves, args.out)
+        except RmpError as exc:  # e.g. a full disk: one line; the previous plot stays
+            raise SystemExit(f"learning_curve: {exc}") from None
 
 
 if __name__ == "__main__":
