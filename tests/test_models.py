@@ -377,6 +377,51 @@ def test_qcfs_levels_range_and_straight_through_gradient() -> None:
     assert act.ceiling.grad is not None and act.ceiling.grad != 0
 
 
+def _qcfs_by_autograd(x: torch.Tensor, ceiling: torch.Tensor, levels: int) -> torch.Tensor:
+    """QCFS composed from autograd ops: the definition the hand-written backward must match."""
+    shifted = x * (levels / ceiling) + 0.5
+    window = torch.where((shifted > 0) & (shifted < levels), shifted, shifted.detach())
+    steps = torch.floor(shifted.clamp(0, levels)).detach() + (window - window.detach())
+    return steps / levels * ceiling
+
+
+@pytest.mark.parametrize("levels", [1, 4, 8])
+def test_qcfs_backward_matches_the_straight_through_composition(levels: int) -> None:
+    torch.manual_seed(levels)
+    ceiling = 1.7
+    # Random inputs plus every window edge and level boundary exactly: x = c (j - 1/2) / L.
+    act = QCFS(levels=levels, ceiling=ceiling).double()
+    edges = float(act.ceiling) * (torch.arange(-1, levels + 2, dtype=torch.float64) - 0.5) / levels
+    x = torch.cat([torch.randn(4000, dtype=torch.float64) * 1.5 + 0.8, edges])
+    grad = torch.randn_like(x)
+    x1 = x.clone().requires_grad_()
+    act(x1).backward(grad)
+    c2 = act.ceiling.detach().clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    y2 = _qcfs_by_autograd(x2, c2, levels)
+    y2.backward(grad)
+    assert torch.equal(act(x).detach(), y2.detach())
+    # The composition multiplies by (L / c) (c / L); the hand-written one passes grad unrounded.
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-14, atol=0)
+    shifted = x * (levels / act.ceiling.detach()) + 0.5
+    assert torch.equal(x1.grad, torch.where((shifted > 0) & (shifted < levels), grad, 0.0))
+    torch.testing.assert_close(act.ceiling.grad, c2.grad, rtol=1e-12, atol=1e-9)
+
+
+def test_qcfs_trains_in_bfloat16_with_a_float32_ceiling_gradient() -> None:
+    act = QCFS(levels=4, ceiling=2.0)
+    x = torch.linspace(-1, 3, 4096).to(torch.bfloat16).requires_grad_()
+    y = act(x)
+    assert y.dtype == torch.bfloat16 and len(torch.unique(y.detach())) == 5
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and act.ceiling.grad.dtype == torch.float32
+    # sum dy/dc = sum(y - [inside] x) / c over the float32 copy of the same bfloat16 inputs
+    xf, yf = x.detach().float(), y.detach().float()
+    inside = ((xf * 2 + 0.5) > 0) & ((xf * 2 + 0.5) < 4)
+    expected = (yf.sum() - xf[inside].sum()) / 2.0
+    torch.testing.assert_close(act.ceiling.grad, expected, rtol=1e-4, atol=1e-3)
+
+
 def test_clip_relu_clamps_at_trainable_ceiling() -> None:
     act = ClipReLU(ceiling=1.5)
     x = torch.tensor([-1.0, 0.5, 1.0, 2.0, 3.0], requires_grad=True)
