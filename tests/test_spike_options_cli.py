@@ -61,7 +61,7 @@ def test_bad_spike_options_are_one_line_before_any_work(
     assert not (tmp_path / "outputs").exists()  # refused before any run dir
 
 
-def test_the_lowlatency_lossless_preset_composes_with_its_five_variants(
+def test_the_lowlatency_lossless_preset_composes_with_its_six_variants(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -81,8 +81,15 @@ def test_the_lowlatency_lossless_preset_composes_with_its_five_variants(
     for variant in config_variants(cfg.sweep.variants):
         point = compose_config([f"experiment={PRESET}", *variant])
         validate_snn_config(point)
-        labels.append((neuron_label(point.snn), int(point.snn.presteps)))
-    assert labels == [("if", 0), ("signed", 0), ("burst2", 0), ("if+cos", 4), ("if+srp", 4)]
+        labels.append((neuron_label(point.snn), int(point.snn.presteps), point.balance.scale))
+    assert labels == [
+        ("if", 0, 1.0),
+        ("signed", 0, 1.0),
+        ("burst2", 0, 1.0),
+        ("burst2", 0, 0.5),
+        ("if+cos", 4, 1.0),
+        ("if+srp", 4, 1.0),
+    ]
 
 
 # --- end to end on digits ------------------------------------------------------------------------

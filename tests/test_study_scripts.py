@@ -59,22 +59,51 @@ def sweep_points(args: list[str]) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("script", "train_dir", "sweeps"),
+    ("script", "steps"),
     [
-        ("study_resnet20_lossless.sh", "outputs/study/resnet20_lossless/ann", [3, 3]),
-        ("study_lowlatency_lossless.sh", "outputs/study/lowlatency_lossless/ann_qcfs_l4", [5, 5]),
+        (
+            "study_resnet20_lossless.sh",
+            [("train", "outputs/study/resnet20_lossless/ann"), ("sweep", 3), ("sweep", 3)],
+        ),
+        (
+            "study_lowlatency_lossless.sh",
+            [
+                ("train", "outputs/study/lowlatency_lossless/ann_qcfs_l4"),
+                ("sweep", 6),
+                ("train", "outputs/study/lowlatency_lossless/ann_relu"),
+                ("sweep", 6),
+            ],
+        ),
     ],
 )
 def test_steps_run_once_and_sweeps_compose(
-    tmp_path: Path, script: str, train_dir: str, sweeps: list[int]
+    tmp_path: Path, script: str, steps: list[tuple[str, str | int]]
 ) -> None:
     calls = run_script(script, tmp_path)
-    assert calls[0][0] == "train" and f"run_dir={train_dir}" in calls[0]
-    assert [c[0] for c in calls[1:]] == ["sweep"] * len(sweeps)
-    assert [len(sweep_points(c[1:])) for c in calls[1:]] == sweeps
-    times = (tmp_path / Path(train_dir).parent / "times.txt").read_text().splitlines()
-    assert len(times) == 1 + len(sweeps)
+    assert [c[0] for c in calls] == [kind for kind, _ in steps]
+    for call, (kind, expected) in zip(calls, steps, strict=True):
+        if kind == "train":
+            assert f"run_dir={expected}" in call
+        else:
+            assert len(sweep_points(call[1:])) == expected
+    study = Path(str(steps[0][1])).parent
+    assert len((tmp_path / study / "times.txt").read_text().splitlines()) == len(steps)
     assert run_script(script, tmp_path) == []  # every step done: nothing runs again
+
+
+def test_the_relu_net_is_trained_with_the_qcfs_recipe_unless_given(tmp_path: Path) -> None:
+    calls = run_script("study_lowlatency_lossless.sh", tmp_path)
+    qcfs, relu = (compose_config(c[1:]) for c in calls if c[0] == "train")
+    assert (qcfs.model.activation, relu.model.activation) == ("qcfs", "relu")
+    assert qcfs.train == relu.train and qcfs.dataset == relu.dataset
+    relu_sweep = calls[-1]
+    assert "ckpt=outputs/study/lowlatency_lossless/ann_relu/model.pt" in relu_sweep
+    assert compose_config(relu_sweep[1:]).balance.method == "mse"
+
+    (tmp_path / "given").mkdir()
+    given = run_script("study_lowlatency_lossless.sh", tmp_path / "given", RELU_CKPT="relu.pt")
+    assert [c[0] for c in given] == ["train", "sweep", "sweep"]
+    assert "ckpt=relu.pt" in given[-1]
 
 
 def test_an_interrupted_training_is_resumed(tmp_path: Path) -> None:
