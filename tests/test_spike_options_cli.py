@@ -16,6 +16,8 @@ from rmp_cli.cli import main
 from rmp_cli.commands.grid import config_variants, neuron_label
 from rmp_cli.commands.pipeline import validate_snn_config
 from rmp_cli.config import compose_config
+from rmp_cli.report.predictions import read_predictions
+from rmp_cli.report.results import point_key
 from tests.conftest import last_line
 
 PRESET = "cifar10_lowlatency_lossless"
@@ -90,6 +92,30 @@ def test_the_lowlatency_lossless_preset_composes_with_its_six_variants(
         ("if+cos", 4, 1.0),
         ("if+srp", 4, 1.0),
     ]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_activation_than_the_preset_names_its_points_by_its_own(
+    rmp, tmp_path: Path, ckpt: Path
+) -> None:
+    # The preset composes a QCFS net; the ReLU checkpoint decides: rows and predictions agree.
+    run = tmp_path / last_line(
+        rmp(
+            "sweep",
+            f"experiment={PRESET}",
+            f"ckpt={ckpt}",
+            "balance=max_act",
+            *QUICK,
+            "--timesteps",
+            "2,4",
+            "sweep.variants=[['snn.max_spikes=1'],['snn.max_spikes=2']]",
+        )
+    )
+    rows = pd.read_csv(run / "results.csv")
+    assert set(rows["activation"]) == {"relu"}
+    assert read_predictions(run / "predictions.npz").points == list(
+        dict.fromkeys(point_key(r) for _, r in rows.iterrows())
+    )
 
 
 # --- end to end on digits ------------------------------------------------------------------------

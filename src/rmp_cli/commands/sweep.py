@@ -61,6 +61,7 @@ from rmp_cli.runs.rundir import RunDir, log, make_dir
 from rmp_cli.runs.runtime import seed_everything
 from rmp_cli.snn.opcount import ann_macs_per_image
 from rmp_cli.tracking import Tracking
+from rmp_cli.training.checkpoint import load_checkpoint
 
 # --- the sweep ----------------------------------------------------------------------------
 
@@ -89,6 +90,18 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
             "or the model.* overrides of sweep.variants"
         )
     return groups
+
+
+def _as_the_checkpoint_names_them(cfg: DictConfig, point_cfgs: list[DictConfig]) -> list:
+    """With ckpt= the checkpoint decides the model, so its activation (not the one a preset
+    composed) names the points: their keys then match the rows written for them."""
+    if not cfg.get("ckpt"):
+        return point_cfgs
+    model = load_checkpoint(cfg.ckpt)["config"].model
+    named = [c.copy() for c in point_cfgs]
+    for c in named:
+        c.model = model
+    return named
 
 
 def _ensure_checkpoint(
@@ -158,7 +171,7 @@ def run_sweep_command(
                 )
     cfg = point_cfgs[0]
     pipeline.check_weight_source(cfg)
-    keys = [point_key(axis_values(c)) for c in point_cfgs]
+    keys = [point_key(axis_values(c)) for c in _as_the_checkpoint_names_them(base_cfg, point_cfgs)]
     if len(set(keys)) != len(keys):
         raise RmpError("the grid repeats a point; check the comma lists")
     tracking = tracking_for(base_cfg, "sweep", overrides)
