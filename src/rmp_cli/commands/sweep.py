@@ -92,7 +92,9 @@ def _model_groups(cfg: DictConfig, point_cfgs: list[DictConfig]) -> dict[str, li
     return groups
 
 
-def _as_the_checkpoint_names_them(cfg: DictConfig, point_cfgs: list[DictConfig]) -> list:
+def _as_the_checkpoint_names_them(
+    cfg: DictConfig, point_cfgs: list[DictConfig]
+) -> list[DictConfig]:
     """With ckpt= the checkpoint decides the model, so its activation (not the one a preset
     composed) names the points: their keys then match the rows written for them."""
     if not cfg.get("ckpt"):
